@@ -1,0 +1,21 @@
+# `make demo` and `make test` set up .venv/ (tools/setup_env.sh) when it is missing or out of date.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+READY := $(VENV)/.fishnet_d2_ready
+export VENV
+
+.PHONY: demo test setup clean-venv
+
+setup: $(READY)
+
+$(READY): tools/setup_env.sh tools/constraints.txt tools/detectron2_pypi/build.py tools/detectron2_pypi/_C.py setup.py
+	bash tools/setup_env.sh
+
+demo: $(READY)
+	$(PY) tools/demo.py
+
+test: $(READY)
+	$(PY) -m pytest tests
+
+clean-venv:
+	rm -rf $(VENV)
