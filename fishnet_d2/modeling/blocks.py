@@ -1,0 +1,172 @@
+"""FishNet's building blocks: the pre-activation bottleneck, its shortcuts, and the small units.
+
+Every module here takes explicit arguments; none reads a config.
+"""
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase, get_norm
+from torch import nn
+
+__all__ = [
+    "make_norm",
+    "ChannelSumReduction",
+    "PreActProjection",
+    "PreActBottleneck",
+    "ConvNormReLU",
+    "ScoreUnit",
+    "SqueezeExcitation",
+    "conv_init_",
+]
+
+Norm = Union[str, type, None]
+
+
+def make_norm(norm: Norm, channels: int) -> nn.Module:
+    """``detectron2.layers.get_norm``, with ``nn.Identity`` where it returns no module (norm="")."""
+    module = get_norm(norm, channels)
+    return nn.Identity() if module is None else module
+
+
+def conv_init_(conv: nn.Conv2d) -> None:
+    """The official initialisation: weights ~ N(0, sqrt(2 / (k * k * C_out))).
+
+    That is He's "fan_out" normal init. Biases keep PyTorch's default, as in the official model.
+    """
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+class ChannelSumReduction(nn.Module):
+    """The channel-wise reduction ``r`` of the UR-block (paper, eq. 8); it has no weights.
+
+    Sums each group of ``k`` adjacent input channels into one output channel:
+    ``x.view(n, c // k, k, h, w).sum(2)``.
+    """
+
+    def __init__(self, k: int):
+        super().__init__()
+        if k < 2:
+            raise ValueError(f"ChannelSumReduction(k={k}): k must be >= 2 (k=1 is the identity)")
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, c // self.k, self.k, h, w).sum(2)
+
+
+class PreActProjection(nn.Module):
+    """A pre-activated 1x1 projection shortcut, ``norm-ReLU-conv1x1`` (the paper's "I-conv")."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm: Norm = "BN"):
+        super().__init__()
+        self.norm = make_norm(norm, in_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        conv_init_(self.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.relu(self.norm(x)))
+
+
+class PreActBottleneck(CNNBlockBase):
+    """The pre-activation bottleneck residual unit, ``x_{l+1} = x_l + F(x_l)`` (paper, eq. 1).
+
+    ``F`` is ``norm-ReLU-conv1x1(C_in -> C/4) - norm-ReLU-conv3x3(C/4, dilation) -
+    norm-ReLU-conv1x1(C/4 -> C)``. The shortcut is the identity when ``C_in == C``; otherwise it
+    is passed in: a :class:`PreActProjection` (tail and bridge) or a :class:`ChannelSumReduction`
+    (first block of a UR-block, where it is the ``r`` of eq. 6).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        shortcut: nn.Module,
+        dilation: int = 1,
+        norm: Norm = "BN",
+    ):
+        super().__init__(in_channels, out_channels, stride=1)
+        bottleneck_channels = out_channels // 4
+        self.norm1 = make_norm(norm, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1, bias=False)
+        self.norm2 = make_norm(norm, bottleneck_channels)
+        self.conv2 = nn.Conv2d(
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            padding=dilation,
+            dilation=dilation,
+            bias=False,
+        )
+        self.norm3 = make_norm(norm, bottleneck_channels)
+        self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
+        self.shortcut = shortcut
+        for conv in (self.conv1, self.conv2, self.conv3):
+            conv_init_(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.norm1(x)))
+        out = self.conv2(F.relu(self.norm2(out)))
+        out = self.conv3(F.relu(self.norm3(out)))
+        return out + self.shortcut(x)
+
+
+class ConvNormReLU(CNNBlockBase):
+    """``conv3x3 - norm - ReLU``: one of the stem's three units."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: Norm = "BN"):
+        super().__init__(in_channels, out_channels, stride)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.norm = make_norm(norm, out_channels)
+        conv_init_(self.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x)))
+
+
+class ScoreUnit(nn.Module):
+    """The official "score" unit: ``norm-ReLU-conv1x1(C -> C/2)-norm-ReLU``, then ``conv1x1(bias)``.
+
+    The bridge uses it without pooling to produce ``s`` (``C -> 2C``); the classifier with a global
+    average pool before the last conv (``C -> classes``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, global_pool: bool, norm: Norm = "BN"):
+        super().__init__()
+        mid_channels = in_channels // 2
+        self.norm1 = make_norm(norm, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
+        self.norm2 = make_norm(norm, mid_channels)
+        self.global_pool = global_pool
+        self.fc = nn.Conv2d(mid_channels, out_channels, kernel_size=1, bias=True)
+        conv_init_(self.conv1)
+        conv_init_(self.fc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm2(self.conv1(F.relu(self.norm1(x)))))
+        if self.global_pool:
+            x = F.adaptive_avg_pool2d(x, 1)
+        return self.fc(x)
+
+
+class SqueezeExcitation(nn.Module):
+    """The bridge's SE unit: ``norm-ReLU-global pool-conv1x1(bias)-ReLU-conv1x1(bias)-sigmoid``.
+
+    It maps ``in_channels`` to ``out_channels`` attention weights through ``out_channels // 16``
+    channels (paper, sec. 3.2: "we apply a SE-block [11] here").
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm: Norm = "BN"):
+        super().__init__()
+        squeezed_channels = out_channels // 16
+        self.norm = make_norm(norm, in_channels)
+        self.squeeze = nn.Conv2d(in_channels, squeezed_channels, kernel_size=1, bias=True)
+        self.excite = nn.Conv2d(squeezed_channels, out_channels, kernel_size=1, bias=True)
+        conv_init_(self.squeeze)
+        conv_init_(self.excite)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(F.relu(self.norm(x)), 1)
+        return torch.sigmoid(self.excite(F.relu(self.squeeze(x))))

@@ -1,0 +1,246 @@
+"""The FishNet backbone (Sun et al., "FishNet: A Versatile Backbone for Image, Region, and Pixel
+Level Prediction", NeurIPS 2018), exact to the official ImageNet model."""
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
+from torch import nn
+
+from .arch import FishNetArch
+from .blocks import Norm, ScoreUnit
+from .stages import Bridge, DownRefinementStage, FishStem, TailStage, UpRefinementStage
+
+__all__ = ["FishNet"]
+
+
+class FishNet(Backbone):
+    """FishNet: a tail (down to the lowest resolution), a bridge, a body (UR-blocks, back up to
+    stride 4) and a head (DR-blocks, down again), after a stem.
+
+    Output features, named after the part and ``log2`` of their stride (official widths):
+
+    ========  ======  ========  =====================================================
+    name      stride  channels  what
+    ========  ======  ========  =====================================================
+    stem      4       64        the stem
+    tail3-5   8-32    128-512   tail stages
+    bridge    32      512       the bridge (SE attention)
+    body4-2   16-4    768-320   body stages, after concatenation with the tail
+    head2     4       320       the head's refinement of body2, before its first pool
+    head3-5   8-32    832-2112  head stages, after concatenation with the body
+    linear    --      classes   logits (only with ``num_classes > 0``)
+    ========  ======  ========  =====================================================
+
+    With ``n`` stages per part the levels run 2 .. 2+n (the table is ``n = 3``).
+    """
+
+    def __init__(
+        self,
+        arch: FishNetArch,
+        *,
+        in_channels: int = 3,
+        norm: Norm = "BN",
+        out_features: Optional[Sequence[str]] = None,
+        num_classes: int = 0,
+        freeze_at: int = 0,
+        freeze_stem_conv1: bool = False,
+        activation_checkpointing: bool = False,
+    ):
+        """
+        Args:
+            arch: widths and depths, e.g. ``FISHNET_VARIANTS[150]``.
+            in_channels: channels of the input image.
+            norm: a normalization accepted by ``detectron2.layers.get_norm``.
+            out_features: names of the features to return (see the class docstring). Default:
+                the head's features, and ``"linear"`` when ``num_classes > 0``.
+            num_classes: 0 for a backbone only; otherwise the official classifier is added and
+                its logits are the output ``"linear"``.
+            freeze_at: number of stages to freeze, in the order they run (see :meth:`freeze`).
+            freeze_stem_conv1: freeze the stem's first conv (and its norm), the only convolution
+                that runs at full input resolution, as the paper does for COCO.
+            activation_checkpointing: in training, recompute each stage's activations in the
+                backward pass instead of storing them (less memory, more time).
+        """
+        super().__init__()
+        self.arch = arch
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.activation_checkpointing = activation_checkpointing
+        self._out_feature_strides: Dict[str, int] = {}
+        self._out_feature_channels: Dict[str, int] = {}
+        n = arch.num_stages
+
+        self.stem = FishStem(in_channels, arch.stem_channels, norm=norm)
+        self._record(self.stem.name, self.stem.level, arch.stem_channels)
+
+        tail: List[TailStage] = []
+        channels = arch.stem_channels
+        for i in range(n):
+            stage = TailStage(
+                channels, arch.tail_channels[i], arch.tail_blocks[i], level=3 + i, norm=norm
+            )
+            self._record(stage.name, stage.level, stage.out_channels)
+            channels = stage.out_channels
+            tail.append(stage)
+        self.tail = nn.ModuleList(tail)
+
+        self.bridge = Bridge(channels, arch.bridge_blocks, level=2 + n, norm=norm)
+        self._record(self.bridge.name, self.bridge.level, channels)
+
+        body: List[UpRefinementStage] = []
+        for i in range(n):
+            stage = UpRefinementStage(
+                arch.body_in_channels[i],
+                arch.body_channels[i],
+                arch.body_lateral_channels[i],
+                num_blocks=arch.body_blocks[i],
+                num_transfer_blocks=arch.body_transfer_blocks[i],
+                dilation=arch.body_dilations[i],
+                level=1 + n - i,
+                norm=norm,
+            )
+            self._record(stage.name, stage.level, stage.out_channels)
+            body.append(stage)
+        self.body = nn.ModuleList(body)
+
+        head: List[DownRefinementStage] = []
+        for i in range(n):
+            stage = DownRefinementStage(
+                arch.head_in_channels[i],
+                arch.head_channels[i],
+                arch.head_lateral_channels[i],
+                num_blocks=arch.head_blocks[i],
+                num_transfer_blocks=arch.head_transfer_blocks[i],
+                level=3 + i,
+                norm=norm,
+            )
+            head.append(stage)
+        self.head = nn.ModuleList(head)
+        # The first DR-block refines the body's stride-4 output before pooling: the head's
+        # stride-4 feature (the paper attaches FPN to the head, at strides 4 to 32).
+        self._head_refined_name = "head2"
+        self._record(self._head_refined_name, 2, arch.head_channels[0])
+        for stage in head:
+            self._record(stage.name, stage.level, stage.out_channels)
+
+        if num_classes > 0:
+            self.classifier = ScoreUnit(
+                arch.head_out_channels[-1], num_classes, global_pool=True, norm=norm
+            )
+            self._out_feature_channels["linear"] = num_classes
+            self._out_feature_strides["linear"] = 2 ** (2 + n)
+        else:
+            self.classifier = None
+
+        if out_features is None:
+            out_features = [stage.name for stage in head]
+            out_features.insert(0, self._head_refined_name)
+            if num_classes > 0:
+                out_features.append("linear")
+        self._out_features = self._check_out_features(out_features)
+        self.freeze(freeze_at)
+        if freeze_stem_conv1:
+            self.stem.conv1.freeze()
+
+    def _record(self, name: str, level: int, channels: int) -> None:
+        """Record an output feature's ShapeSpec as its stage is built."""
+        self._out_feature_strides[name] = 2**level
+        self._out_feature_channels[name] = channels
+
+    def _check_out_features(self, out_features: Sequence[str]) -> List[str]:
+        out_features = list(out_features)
+        allowed = list(self._out_feature_channels)
+        unknown = [f for f in out_features if f not in allowed]
+        if unknown or not out_features:
+            raise ValueError(
+                f"out_features={out_features}: {'unknown ' + str(unknown) if unknown else 'empty'}; "
+                f"allowed: {allowed}"
+                + ("" if self.num_classes > 0 else " ('linear' needs num_classes > 0)")
+            )
+        if self.num_classes > 0 and "linear" not in out_features:
+            raise ValueError(
+                f"out_features={out_features}: num_classes={self.num_classes} adds a classifier, "
+                "so 'linear' must be among the out_features (else it gets no gradient)"
+            )
+        return out_features
+
+    @property
+    def size_divisibility(self) -> int:
+        return 2 ** (2 + self.arch.num_stages)
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    @property
+    def stages(self) -> List[nn.Module]:
+        """All stages in the order they run; ``freeze_at=k`` freezes the first ``k``."""
+        return [self.stem, *self.tail, self.bridge, *self.body, *self.head]
+
+    def freeze(self, freeze_at: int = 0) -> "FishNet":
+        """Freeze the first ``freeze_at`` stages (Detectron2 semantics: parameters get no
+        gradient and BatchNorm becomes FrozenBatchNorm2d). With three stages per part:
+
+        0: nothing; 1: stem; 2-4: + tail3, tail4, tail5; 5: + bridge;
+        6-8: + body4, body3, body2; 9-11: + head stages (head2/head3, head4, head5).
+        The classifier is never frozen by ``freeze_at``.
+        """
+        stages = self.stages
+        if not 0 <= freeze_at <= len(stages):
+            raise ValueError(f"freeze_at={freeze_at}: allowed 0 to {len(stages)} (number of stages)")
+        for stage in stages[:freeze_at]:
+            stage.freeze()
+        return self
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: images, ``(N, C, H, W)``; ``H`` and ``W`` multiples of ``size_divisibility``.
+        Returns:
+            dict of the requested features.
+        """
+        self._check_input(x)
+        features: Dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        features[self.stem.name] = x
+        # The transfer blocks of a body stage read the tail (or stem) feature at the stage's
+        # output resolution; those of a head stage read the body (or bridge) feature.
+        tail_by_level: Dict[int, torch.Tensor] = {self.stem.level: x}
+        for stage in self.tail:
+            x = stage(x)
+            features[stage.name] = x
+            tail_by_level[stage.level] = x
+        x = self.bridge(x)
+        features[self.bridge.name] = x
+        body_by_level: Dict[int, torch.Tensor] = {self.bridge.level: x}
+        for stage in self.body:
+            x = stage(x, tail_by_level[stage.level])
+            features[stage.name] = x
+            body_by_level[stage.level] = x
+        for i, stage in enumerate(self.head):
+            refined, x = stage(x, body_by_level[stage.level])
+            if i == 0:
+                features[self._head_refined_name] = refined
+            features[stage.name] = x
+        if self.classifier is not None:
+            features["linear"] = self.classifier(x).flatten(1)
+        return {name: features[name] for name in self._out_features}
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"FishNet takes images of shape (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
+            )
+        d = self.size_divisibility
+        if x.shape[-2] % d != 0 or x.shape[-1] % d != 0:
+            raise ValueError(
+                f"FishNet needs input height and width that are multiples of {d} "
+                f"(size_divisibility); got {x.shape[-2]}x{x.shape[-1]}. Pad the images "
+                f"(Detectron2's ImageList.from_tensors(..., size_divisibility={d}) does)."
+            )

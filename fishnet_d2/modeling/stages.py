@@ -1,0 +1,211 @@
+"""FishNet's stages: stem, tail, bridge, body (UR-blocks) and head (DR-blocks).
+
+Each stage knows its output ``level`` (stride ``2**level``) and the ``name`` of its output feature.
+"""
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import (
+    ChannelSumReduction,
+    ConvNormReLU,
+    Norm,
+    PreActBottleneck,
+    PreActProjection,
+    SqueezeExcitation,
+    ScoreUnit,
+)
+from detectron2.layers import CNNBlockBase
+
+__all__ = ["FishStem", "TailStage", "Bridge", "UpRefinementStage", "DownRefinementStage"]
+
+
+def residual_blocks(
+    in_channels: int,
+    out_channels: int,
+    num_blocks: int,
+    *,
+    first_shortcut: nn.Module,
+    dilation: int = 1,
+    norm: Norm = "BN",
+) -> nn.Sequential:
+    """``num_blocks`` pre-activation bottlenecks; only the first changes the width."""
+    blocks: List[nn.Module] = [
+        PreActBottleneck(
+            in_channels, out_channels, shortcut=first_shortcut, dilation=dilation, norm=norm
+        )
+    ]
+    for _ in range(num_blocks - 1):
+        blocks.append(
+            PreActBottleneck(
+                out_channels, out_channels, shortcut=nn.Identity(), dilation=dilation, norm=norm
+            )
+        )
+    return nn.Sequential(*blocks)
+
+
+def projection_or_identity(in_channels: int, out_channels: int, norm: Norm) -> nn.Module:
+    if in_channels == out_channels:
+        return nn.Identity()
+    return PreActProjection(in_channels, out_channels, norm=norm)
+
+
+def transfer_blocks(channels: int, num_blocks: int, norm: Norm) -> nn.Sequential:
+    """The transfer function ``T``: residual blocks that keep the width (paper, eq. 7 and 9)."""
+    return residual_blocks(
+        channels, channels, num_blocks, first_shortcut=nn.Identity(), norm=norm
+    )
+
+
+class FishStem(CNNBlockBase):
+    """Three ``conv3x3-norm-ReLU`` units (the first with stride 2), then 3x3 max-pool, stride 2.
+
+    ``conv1`` is the only convolution that sees the full-resolution input; the paper froze it
+    for COCO ("the conv weights at 224x224 resolution").
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm: Norm = "BN"):
+        super().__init__(in_channels, out_channels, stride=4)
+        self.name = "stem"
+        self.level = 2
+        self.conv1 = ConvNormReLU(in_channels, out_channels // 2, stride=2, norm=norm)
+        self.conv2 = ConvNormReLU(out_channels // 2, out_channels // 2, norm=norm)
+        self.conv3 = ConvNormReLU(out_channels // 2, out_channels, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3(self.conv2(self.conv1(x)))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class TailStage(CNNBlockBase):
+    """A tail stage: residual blocks, then 2x2 max-pool with stride 2 (paper, sec. 3)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, num_blocks: int, *, level: int, norm: Norm = "BN"
+    ):
+        super().__init__(in_channels, out_channels, stride=2)
+        self.name = f"tail{level}"
+        self.level = level
+        self.blocks = residual_blocks(
+            in_channels,
+            out_channels,
+            num_blocks,
+            first_shortcut=projection_or_identity(in_channels, out_channels, norm),
+            norm=norm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(self.blocks(x), kernel_size=2, stride=2)
+
+
+class Bridge(CNNBlockBase):
+    """The bridge between tail and body, at the lowest resolution: ``R(s) * a + a``.
+
+    ``s`` is the score unit's output (``C -> C/2 -> 2C``), ``a = SE(s)`` its channel attention
+    (``2C -> C``) and ``R`` residual blocks (``2C -> C``). Paper, sec. 3.2 ("Bridge module").
+    """
+
+    def __init__(self, channels: int, num_blocks: int, *, level: int, norm: Norm = "BN"):
+        super().__init__(channels, channels, stride=1)
+        self.name = "bridge"
+        self.level = level
+        self.score = ScoreUnit(channels, 2 * channels, global_pool=False, norm=norm)
+        self.attention = SqueezeExcitation(2 * channels, channels, norm=norm)
+        self.blocks = residual_blocks(
+            2 * channels,
+            channels,
+            num_blocks,
+            first_shortcut=PreActProjection(2 * channels, channels, norm=norm),
+            norm=norm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.score(x)
+        a = self.attention(s)
+        return self.blocks(s) * a + a
+
+
+class UpRefinementStage(CNNBlockBase):
+    """A body stage, the UR-block: ``concat(up(r(x) + M(x)), T(lateral))`` (paper, eq. 5-7).
+
+    ``x`` is the previous body stage's output (or the bridge's); ``lateral`` is the tail feature at
+    this stage's output resolution. ``r + M`` are residual blocks whose first one reduces the width
+    by channel-wise summation (eq. 8); ``up`` is nearest-neighbour x2. As in the official model,
+    the stage's output is taken after the concatenation, so eq. 7's ``concat`` of one stage and
+    eq. 6's refinement of the next run in the same order as in the paper.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        refined_channels: int,
+        lateral_channels: int,
+        *,
+        num_blocks: int,
+        num_transfer_blocks: int,
+        dilation: int,
+        level: int,
+        norm: Norm = "BN",
+    ):
+        super().__init__(in_channels, refined_channels + lateral_channels, stride=1)
+        self.name = f"body{level}"
+        self.level = level
+        k = in_channels // refined_channels
+        self.refine = residual_blocks(
+            in_channels,
+            refined_channels,
+            num_blocks,
+            first_shortcut=ChannelSumReduction(k) if k > 1 else nn.Identity(),
+            dilation=dilation,
+            norm=norm,
+        )
+        self.transfer = transfer_blocks(lateral_channels, num_transfer_blocks, norm)
+
+    def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.refine(x), scale_factor=2.0, mode="nearest")
+        return torch.cat([up, self.transfer(lateral)], dim=1)
+
+
+class DownRefinementStage(CNNBlockBase):
+    """A head stage, the DR-block: ``concat(down(x + M(x)), T(lateral))`` (paper, eq. 9).
+
+    ``x`` is the previous head stage's output (or the last body stage's); ``lateral`` is the body
+    feature (or the bridge's) at this stage's output resolution. ``x + M(x)`` are residual blocks
+    without channel reduction; ``down`` is 2x2 max-pool with stride 2.
+
+    ``forward`` returns the refined map before pooling too: the first head stage's is the head's
+    stride-4 feature.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        refined_channels: int,
+        lateral_channels: int,
+        *,
+        num_blocks: int,
+        num_transfer_blocks: int,
+        level: int,
+        norm: Norm = "BN",
+    ):
+        super().__init__(in_channels, refined_channels + lateral_channels, stride=2)
+        self.name = f"head{level}"
+        self.level = level
+        # The official variants never change the width here; a custom one may (as the official
+        # code allows), through a projection.
+        self.refine = residual_blocks(
+            in_channels,
+            refined_channels,
+            num_blocks,
+            first_shortcut=projection_or_identity(in_channels, refined_channels, norm),
+            norm=norm,
+        )
+        self.transfer = transfer_blocks(lateral_channels, num_transfer_blocks, norm)
+
+    def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        refined = self.refine(x)
+        down = F.max_pool2d(refined, kernel_size=2, stride=2)
+        return refined, torch.cat([down, self.transfer(lateral)], dim=1)
