@@ -1,0 +1,70 @@
+"""Config keys added by fishnet_d2: ``add_fishnet_config(cfg)``."""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_fishnet_config"]
+
+
+def add_fishnet_config(cfg: CN) -> None:
+    """Add ``MODEL.FISHNET`` and fishnet_d2's solver options to a Detectron2 config, in place."""
+    _C = cfg
+
+    _C.MODEL.FISHNET = CN()
+    # 99, 150 or 201: the official variants (fishnet_d2.FISHNET_VARIANTS).
+    # 0: the custom architecture given in MODEL.FISHNET.ARCH.
+    _C.MODEL.FISHNET.DEPTH = 150
+    # Names of the features to return: "stem", "tail3".."tail5", "bridge", "body4".."body2",
+    # "head2".."head5" (the number is log2 of the stride), and "linear" when NUM_CLASSES > 0.
+    # The paper attaches FPN to the head: head2..head5 (strides 4, 8, 16, 32).
+    _C.MODEL.FISHNET.OUT_FEATURES = ["head2", "head3", "head4", "head5"]
+    # Normalization, any choice of detectron2.layers.get_norm: "FrozenBN", "BN", "SyncBN",
+    # "nnSyncBN", "naiveSyncBN", "GN" (32 groups: every width must be a multiple of 32), or "" (none).
+    # The paper froze every BatchNorm for COCO: FrozenBN.
+    _C.MODEL.FISHNET.NORM = "FrozenBN"
+    # Freeze the first FREEZE_AT stages, in the order they run (parameters get no gradient,
+    # BatchNorm becomes FrozenBatchNorm2d), as Detectron2's MODEL.BACKBONE.FREEZE_AT does for ResNets:
+    #   0: nothing           1: stem              2: + tail3   3: + tail4   4: + tail5
+    #   5: + bridge          6: + body4           7: + body3   8: + body2
+    #   9: + head3 (its refinement is head2)      10: + head4  11: + head5 (all but the classifier)
+    _C.MODEL.FISHNET.FREEZE_AT = 0
+    # Freeze the stem's first conv (and its norm): the only convolution at full input resolution,
+    # which the paper froze for COCO ("the conv weights at 224x224 resolution").
+    _C.MODEL.FISHNET.FREEZE_STEM_CONV1 = True
+    # 0: backbone only. > 0: add the official classifier (score unit + global pool + conv) and
+    # return its logits as the feature "linear" (1000 for the ImageNet checkpoints).
+    _C.MODEL.FISHNET.NUM_CLASSES = 0
+    # Dilation of the body's refining blocks, one per body stage. [1, 2, 4] is the official model.
+    _C.MODEL.FISHNET.BODY_DILATIONS = [1, 2, 4]
+    # Activation checkpointing: recompute each stage's activations in the backward pass instead
+    # of keeping them. Saves training memory for extra compute; off in the paper.
+    _C.MODEL.FISHNET.CHECKPOINT = False
+
+    # A custom architecture, used when DEPTH is 0; every list has one entry per stage of its part
+    # (all the same length n, 3 in the official variants). Empty lists leave DEPTH in charge.
+    # The report's FishNet-77 (FishNet-99 at 1/4 width) is
+    #   STEM_CHANNELS 16, TAIL_CHANNELS [32, 64, 128], BODY_CHANNELS [128, 96, 64],
+    #   HEAD_CHANNELS [80, 208, 400], blocks and transfer blocks as FishNet-99.
+    _C.MODEL.FISHNET.ARCH = CN()
+    # Width of the stem's output (its first two convs have half of it).
+    _C.MODEL.FISHNET.ARCH.STEM_CHANNELS = 0
+    # Width of each tail stage (the bridge keeps the last one).
+    _C.MODEL.FISHNET.ARCH.TAIL_CHANNELS = []
+    # Width of each body stage's refined map (before concatenation with the tail); each must
+    # divide the channels entering its stage (channel-wise summation, paper eq. 8).
+    _C.MODEL.FISHNET.ARCH.BODY_CHANNELS = []
+    # Width of each head stage's refined map (before concatenation with the body).
+    _C.MODEL.FISHNET.ARCH.HEAD_CHANNELS = []
+    # Residual blocks in each tail stage, in the bridge, in each body and head stage.
+    _C.MODEL.FISHNET.ARCH.TAIL_BLOCKS = []
+    _C.MODEL.FISHNET.ARCH.BRIDGE_BLOCKS = 0
+    _C.MODEL.FISHNET.ARCH.BODY_BLOCKS = []
+    _C.MODEL.FISHNET.ARCH.HEAD_BLOCKS = []
+    # Transfer blocks (T) of each body and head stage.
+    _C.MODEL.FISHNET.ARCH.BODY_TRANSFER_BLOCKS = []
+    _C.MODEL.FISHNET.ARCH.HEAD_TRANSFER_BLOCKS = []
+
+    # Gradient clipping (Detectron2's SOLVER.CLIP_GRADIENTS, extended by fishnet_d2.solver):
+    # CLIP_TYPE also accepts "full_model": clip the norm of all gradients together, as
+    # torch.nn.utils.clip_grad_norm_(model.parameters()) does (the paper's clipping).
+    # Clip only while the iteration is below UNTIL_ITER; 0 clips for the whole run.
+    _C.SOLVER.CLIP_GRADIENTS.UNTIL_ITER = 0
