@@ -71,6 +71,7 @@ class FishNet(Backbone):
         self._out_feature_strides: Dict[str, int] = {}
         self._out_feature_channels: Dict[str, int] = {}
         n = arch.num_stages
+        self._size_divisibility = 2 ** (2 + n)  # the stride of the bridge, the lowest resolution
 
         self.stem = FishStem(in_channels, arch.stem_channels, norm=norm)
         self._record(self.stem.name, self.stem.level, arch.stem_channels)
@@ -168,7 +169,7 @@ class FishNet(Backbone):
 
     @property
     def size_divisibility(self) -> int:
-        return 2 ** (2 + self.arch.num_stages)
+        return self._size_divisibility
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
@@ -178,7 +179,6 @@ class FishNet(Backbone):
             for name in self._out_features
         }
 
-    @property
     def stages(self) -> List[nn.Module]:
         """All stages in the order they run; ``freeze_at=k`` freezes the first ``k``."""
         return [self.stem, *self.tail, self.bridge, *self.body, *self.head]
@@ -191,7 +191,7 @@ class FishNet(Backbone):
         6-8: + body4, body3, body2; 9-11: + head stages (head2/head3, head4, head5).
         The classifier is never frozen by ``freeze_at``.
         """
-        stages = self.stages
+        stages = self.stages()
         if not 0 <= freeze_at <= len(stages):
             raise ValueError(f"freeze_at={freeze_at}: allowed 0 to {len(stages)} (number of stages)")
         for stage in stages[:freeze_at]:
@@ -235,7 +235,7 @@ class FishNet(Backbone):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"FishNet takes images of shape (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
+                f"FishNet takes images of shape (N, {self.in_channels}, H, W); got {list(x.shape)}"
             )
         d = self.size_divisibility
         if x.shape[-2] % d != 0 or x.shape[-1] % d != 0:
