@@ -18,7 +18,8 @@ def add_fishnet_config(cfg: CN) -> None:
     # The paper attaches FPN to the head: head2..head5 (strides 4, 8, 16, 32).
     _C.MODEL.FISHNET.OUT_FEATURES = ["head2", "head3", "head4", "head5"]
     # Normalization, any choice of detectron2.layers.get_norm: "FrozenBN", "BN", "SyncBN",
-    # "nnSyncBN", "naiveSyncBN", "GN" (32 groups: every width must be a multiple of 32), or "" (none).
+    # "nnSyncBN", "naiveSyncBN", "GN" (32 groups, gcd(32, C) for widths C not multiples of 32),
+    # or "" (none).
     # The paper froze every BatchNorm for COCO: FrozenBN.
     _C.MODEL.FISHNET.NORM = "FrozenBN"
     # Freeze the first FREEZE_AT stages, in the order they run (parameters get no gradient,

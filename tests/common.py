@@ -28,9 +28,10 @@ TINY_ARCH = dict(
 
 
 def fishnet_cfg() -> CfgNode:
-    """Detectron2's default config with MODEL.FISHNET added, on CPU."""
+    """Detectron2's default config with MODEL.FISHNET added and the plain FishNet backbone, on CPU."""
     cfg = get_cfg()
     add_fishnet_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_fishnet_backbone"
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 

@@ -3,6 +3,7 @@
 Every module here takes explicit arguments; none reads a config.
 """
 
+import math
 from typing import Union
 
 import torch
@@ -25,7 +26,14 @@ Norm = Union[str, type, None]
 
 
 def make_norm(norm: Norm, channels: int) -> nn.Module:
-    """``detectron2.layers.get_norm``, with ``nn.Identity`` where it returns no module (norm="")."""
+    """``detectron2.layers.get_norm``, with ``nn.Identity`` where it returns no module (norm="").
+
+    "GN" is Detectron2's GroupNorm with 32 groups where the width is a multiple of 32; FishNet
+    also normalizes widths that are not (16, 80, 208, 400 in the official variants), which get
+    ``gcd(32, C)`` groups instead of an error.
+    """
+    if norm == "GN" and channels % 32:
+        return nn.GroupNorm(math.gcd(32, channels), channels)
     module = get_norm(norm, channels)
     return nn.Identity() if module is None else module
 

@@ -1,5 +1,6 @@
 """The registered builders: the only code that reads ``cfg.MODEL.FISHNET``."""
 
+import re
 from typing import List
 
 from detectron2.config import CfgNode
@@ -67,26 +68,20 @@ def fishnet_arch_from_config(cfg: CfgNode) -> FishNetArch:
         )
     try:
         return FishNetArch(**fields, body_dilations=dilations)
-    except (TypeError, ValueError) as e:
-        where = "MODEL.FISHNET.ARCH" if depth == 0 else "MODEL.FISHNET.BODY_DILATIONS"
-        raise ValueError(f"{where} (keys are the upper-case field names): {e}") from None
+    except ValueError as e:
+        # FishNetArch names its fields; say which config keys they are.
+        message = str(e)
+        for key, name in {**_ARCH_KEYS, "BODY_DILATIONS": "body_dilations"}.items():
+            prefix = "MODEL.FISHNET." if key == "BODY_DILATIONS" else "MODEL.FISHNET.ARCH."
+            message = re.sub(rf"\b{name}\b", prefix + key, message)
+        raise ValueError(message) from None
 
 
-def _check_norm(norm, arch: FishNetArch) -> None:
+def _check_norm(norm) -> None:
     try:
         get_norm(norm, 64)
     except (KeyError, ValueError, TypeError):
         raise ValueError(f"MODEL.FISHNET.NORM={norm!r}: allowed {_NORMS}") from None
-    if norm == "GN":
-        widths = {arch.stem_channels // 2, *arch.tail_channels, *arch.body_channels}
-        widths |= {*arch.head_channels, *(c // 4 for c in arch.tail_channels + arch.head_channels)}
-        widths |= {c // 4 for c in arch.body_channels}
-        bad = sorted(c for c in widths if c % 32)
-        if bad:
-            raise ValueError(
-                f"MODEL.FISHNET.NORM='GN' uses 32 groups, but this architecture has widths {bad} "
-                "that are not multiples of 32; use another norm or wider stages"
-            )
 
 
 @BACKBONE_REGISTRY.register()
@@ -94,7 +89,7 @@ def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
     """A :class:`FishNet` from ``cfg.MODEL.FISHNET``."""
     fish = cfg.MODEL.FISHNET
     arch = fishnet_arch_from_config(cfg)
-    _check_norm(fish.NORM, arch)
+    _check_norm(fish.NORM)
     num_classes = fish.NUM_CLASSES
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"MODEL.FISHNET.NUM_CLASSES={num_classes!r}: allowed 0 (no classifier) or > 0")
