@@ -8,22 +8,9 @@ from detectron2.modeling import build_backbone
 from .common import fishnet_cfg, use_tiny_arch
 
 
-def tiny(**changes):
-    """A function that applies ``changes`` (dotted config keys) to a tiny FishNet config."""
-
-    def apply(cfg):
-        use_tiny_arch(cfg)
-        for key, value in changes.items():
-            node = cfg
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = value
-
-    return apply
-
-
 def official(**changes):
+    """A function that sets ``changes`` (dotted config keys) on a FishNet-150 config."""
+
     def apply(cfg):
         for key, value in changes.items():
             node = cfg
@@ -33,6 +20,11 @@ def official(**changes):
             node[leaf] = value
 
     return apply
+
+
+def tiny(**changes):
+    """The same on the tiny FishNet of tests/common.py."""
+    return lambda cfg: official(**changes)(use_tiny_arch(cfg))
 
 
 FPN = {"MODEL.BACKBONE.NAME": "build_fishnet_fpn_backbone"}
