@@ -1,0 +1,55 @@
+"""What ``tools/train_net.py`` runs in each process: ``setup(args)`` and ``main(args)``."""
+
+import argparse
+from typing import Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup, hooks
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from ..config import add_fishnet_config
+from .trainer import Trainer
+
+__all__ = ["setup", "main"]
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The config of ``args`` (``--config-file`` and the trailing ``KEY VALUE`` overrides, with
+    fishnet_d2's keys added), frozen, after Detectron2's ``default_setup`` (logging, output dir)."""
+    cfg = get_cfg()
+    add_fishnet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}, but this machine has no CUDA device; allowed here: "
+            "'cpu' (add `MODEL.DEVICE cpu` to the command line; --num-gpus N then starts N CPU processes)"
+        )
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args: argparse.Namespace) -> Dict:
+    """Train (``--resume`` to continue from the last checkpoint in OUTPUT_DIR), or with
+    ``--eval-only`` evaluate ``MODEL.WEIGHTS`` on ``DATASETS.TEST``; returns the results."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
+    return trainer.train()

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Train or evaluate a FishNet model from a YAML config, with Detectron2's usual command line:
+
+    python tools/train_net.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml \
+        --num-gpus 8
+    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
+    python tools/train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
+
+Everything it does is in fishnet_d2.engine (Trainer, setup, main, launch).
+"""
+
+import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
+from detectron2.engine import default_argument_parser
+
+from fishnet_d2.engine import launch, main
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
