@@ -1,0 +1,331 @@
+"""``FishNetCheckpointer``: Detectron2's ``DetectionCheckpointer`` that runs no code from the files
+it reads, refuses files that are not checkpoints of the model, and never leaves a partial file.
+
+    checkpointer = FishNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+
+Reading (same formats as ``DetectionCheckpointer``):
+
+* ``.pkl`` (Detectron2 / Detectron1 / Caffe2 model zoo): through :func:`fishnet_d2.safe_pickle.
+  load_pickle`, which rebuilds only containers, strings, numbers and numpy arrays.
+* anything else (``.pth``, ``.pyth``): ``torch.load(..., weights_only=True)``, which rebuilds only
+  tensors and plain data.
+
+A file that names any other function or class raises :class:`UnsafeCheckpointError` before
+anything in it runs. Empty, truncated and unreadable files, files that hold no weights, and
+weights that are not arrays raise :class:`CheckpointLoadError`, naming the file.
+
+"A file of another model": fewer than ``min_backbone_match`` (default one half) of the tensors of
+the model's backbone -- ``model.backbone`` for Detectron2's meta-architectures, the whole model
+otherwise; BatchNorm's ``num_batches_tracked`` counters aside -- find a tensor of the same name
+and shape in the file (after Detectron2's name matching, for files that ask for it). Such a file
+raises :class:`CheckpointLoadError` and the model is left as it was. Heads are not counted: a
+checkpoint of the same backbone with other heads, or backbone-only weights (ImageNet), load as in
+Detectron2, which logs the keys it skipped.
+
+Writing: each checkpoint and the ``last_checkpoint`` tag go to a temporary file in the same
+directory, flushed to disk, then renamed over the final name (:func:`fishnet_d2.atomic_file.
+atomic_write`); a process killed while saving leaves the previous checkpoint and tag intact and
+possibly a ``.{name}.*.tmp`` file, which nothing reads.
+"""
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Dict, List, Mapping, Optional
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from torch import nn
+
+from .atomic_file import atomic_write
+from .safe_pickle import ForbiddenGlobalError, load_pickle
+
+__all__ = ["CheckpointLoadError", "UnsafeCheckpointError", "FishNetCheckpointer"]
+
+_MAX_LISTED = 8
+# What weights_only=True and load_pickle rebuild, for the error messages.
+_ALLOWED = "tensors, numpy arrays, dicts, lists, tuples, strings, numbers, booleans and None"
+
+
+class CheckpointLoadError(ValueError):
+    """A file that cannot be loaded as a checkpoint of the model: missing data, truncated, not a
+    checkpoint, or the weights of another model."""
+
+
+class UnsafeCheckpointError(CheckpointLoadError):
+    """A file whose unpickling would call a function or class that checkpoints never need."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _refused(filename: str, global_name: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{filename}: refused to load: reading it would call {global_name}, which is not allowed "
+        f"in a checkpoint (allowed: {_ALLOWED}). Nothing in the file was run; it may be "
+        "malicious -- load it only if you trust its source and know why it holds code."
+    )
+
+
+def _listing(items: List[str]) -> str:
+    more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + more
+
+
+def _read_pickle(filename: str) -> Any:
+    with open(filename, "rb") as f:
+        try:
+            return load_pickle(f)
+        except ForbiddenGlobalError as e:
+            raise _refused(filename, f"{e.module}.{e.name}") from None
+        except Exception as e:  # pickle raises many types for broken data
+            raise CheckpointLoadError(
+                f"{filename}: not a readable pickle (truncated, or not a pickle): {_first_line(e)}"
+            ) from None
+
+
+def _read_torch(filename: str) -> Any:
+    try:
+        return torch.load(filename, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        forbidden = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if forbidden:
+            raise _refused(filename, forbidden.group(1)) from None
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        reason = reason.group(1) if reason else _first_line(e)
+    except Exception as e:  # truncated archives, other formats: torch raises many types
+        raise CheckpointLoadError(
+            f"{filename}: not a readable torch checkpoint (truncated, or another format): "
+            f"{_first_line(e)}"
+        ) from None
+    if not zipfile.is_zipfile(filename):
+        # A plain pickle under a torch name? Say what it would have called, or what it is.
+        try:
+            _read_pickle(filename)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointLoadError:
+            pass
+        else:
+            raise CheckpointLoadError(
+                f"{filename}: a plain pickle, not a torch checkpoint (torch.save writes a zip "
+                "archive); if it is in Detectron2's model-zoo format, name it .pkl"
+            )
+    raise CheckpointLoadError(f"{filename}: not a torch checkpoint: {reason}")
+
+
+def _from_pickle(filename: str, data: Any, logger: logging.Logger) -> Dict[str, Any]:
+    """The checkpoint in a model-zoo pickle, interpreted as DetectionCheckpointer does."""
+    if not isinstance(data, dict):
+        raise CheckpointLoadError(
+            f"{filename}: not a checkpoint: the pickle holds a {type(data).__name__}, not a dict of weights"
+        )
+    if "model" in data and "__author__" in data:  # Detectron2 model zoo
+        logger.info(f"Reading a file from '{data['__author__']}'")
+        return data
+    # Detectron1 / Caffe2: detection models keep their weights under "blobs", ImageNet ones not.
+    weights = data.get("blobs", data)
+    if isinstance(weights, dict):
+        weights = {k: v for k, v in weights.items() if not str(k).endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _from_torch(filename: str, data: Any) -> Dict[str, Any]:
+    """The checkpoint in a torch file, interpreted as DetectionCheckpointer does."""
+    if not isinstance(data, dict):
+        raise CheckpointLoadError(
+            f"{filename}: not a checkpoint: the file holds a {type(data).__name__}, not a dict of weights"
+        )
+    if filename.endswith(".pyth"):  # pycls
+        if "model_state" not in data:
+            raise CheckpointLoadError(f"{filename}: a .pyth (pycls) checkpoint needs 'model_state'; found {sorted(map(str, data))}")
+        weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+        return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
+    if "model" in data:
+        return data
+    if "state_dict" in data:
+        raise CheckpointLoadError(
+            f"{filename}: holds 'state_dict', not 'model': an official FishNet checkpoint? "
+            "Convert it first: python tools/convert_fishnet_to_d2.py INPUT OUTPUT.pth"
+        )
+    return {"model": data}  # a bare state_dict
+
+
+def _check_weights(filename: str, weights: Any) -> None:
+    if not isinstance(weights, Mapping) or not weights:
+        what = "empty" if isinstance(weights, Mapping) else f"a {type(weights).__name__}"
+        raise CheckpointLoadError(f"{filename}: not a checkpoint: its weights ('model') are {what}")
+    bad = []
+    for key, value in weights.items():
+        if not isinstance(key, str):
+            bad.append(f"{key!r} (a {type(key).__name__} key)")
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                bad.append(f"{key} (numpy dtype {value.dtype})")
+        elif not isinstance(value, torch.Tensor):
+            bad.append(f"{key} ({type(value).__name__})")
+    if bad:
+        raise CheckpointLoadError(
+            f"{filename}: not a checkpoint: weights must be tensors or numeric numpy arrays, named "
+            f"by strings; {len(bad)} of {len(weights)} are not: {_listing(bad)}"
+        )
+
+
+def _strip_module_prefix(weights: Mapping[str, Any]) -> Mapping[str, Any]:
+    """As fvcore does before loading: drop DataParallel's "module." when every key has it."""
+    if weights and all(k.startswith("module.") for k in weights):
+        return {k[len("module.") :]: v for k, v in weights.items()}
+    return weights
+
+
+class FishNetCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that loads without running pickled code, refuses files that are
+    not checkpoints of the model, and saves atomically (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        min_backbone_match: float = 0.5,
+        **checkpointables: Any,
+    ):
+        """
+        Args:
+            model, save_dir, save_to_disk, checkpointables: as ``DetectionCheckpointer``.
+            min_backbone_match: the least fraction, in [0, 1], of the backbone's tensors that a
+                file must give a value to; below it the file is "of another model" and refused.
+                0 accepts any file of weights.
+        """
+        if isinstance(min_backbone_match, bool) or not isinstance(min_backbone_match, (int, float)) or not (
+            0.0 <= min_backbone_match <= 1.0
+        ):
+            raise ValueError(f"min_backbone_match={min_backbone_match!r}: allowed a number in [0, 1]")
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.min_backbone_match = float(min_backbone_match)
+        self._loading: Optional[str] = None
+        self._heuristics_requested = False
+
+    # ---- reading ----
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """Load ``path`` (see ``fvcore``'s ``Checkpointer.load``). As newer Detectron2, a local
+        path may end in ``?matching_heuristics=True`` to match names by Detectron2's heuristics."""
+        if path:
+            path = self._take_options(path)
+            if "://" not in path and not os.path.isfile(path):
+                raise FileNotFoundError(f"checkpoint {path!r}: no such file")
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+            self._heuristics_requested = False
+
+    def _take_options(self, path: str) -> str:
+        """``path`` without its ``?key=value`` options, which are remembered."""
+        if "?" not in path or os.path.isfile(path):
+            return path
+        parsed = urlparse(path)
+        options = parse_qs(parsed.query, keep_blank_values=True)
+        heuristics = options.pop("matching_heuristics", ["False"])
+        if options or heuristics not in (["True"], ["False"]):
+            raise ValueError(
+                f"checkpoint {path!r}: unsupported options {parsed.query!r}; allowed: "
+                "?matching_heuristics=True or ?matching_heuristics=False"
+            )
+        self._heuristics_requested = heuristics == ["True"]
+        return parsed._replace(query="").geturl()
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if os.path.getsize(filename) == 0:
+            raise CheckpointLoadError(f"{filename}: empty file, not a checkpoint")
+        if filename.endswith(".pkl"):
+            checkpoint = _from_pickle(filename, _read_pickle(filename), self.logger)
+        else:
+            checkpoint = _from_torch(filename, _read_torch(filename))
+        _check_weights(filename, checkpoint["model"])
+        if self._heuristics_requested:
+            checkpoint["matching_heuristics"] = True
+        return checkpoint
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        weights = checkpoint["model"]
+        self._convert_ndarray_to_tensor(weights)
+        if checkpoint.get("matching_heuristics", False):
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(), weights, c2_conversion=checkpoint.get("__author__") == "Caffe2"
+            )
+            checkpoint["matching_heuristics"] = False  # applied; DetectionCheckpointer skips it
+        self._check_same_model(checkpoint["model"])
+        return super()._load_model(checkpoint)
+
+    def _check_same_model(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Raise CheckpointLoadError, before anything is loaded, for a file of another model."""
+        model_state = self.model.state_dict()
+        keys = [k for k in model_state if not k.endswith("num_batches_tracked")]
+        scope = "model"
+        if isinstance(getattr(self.model, "backbone", None), nn.Module):
+            backbone_keys = [k for k in keys if k.startswith("backbone.")]
+            if backbone_keys:
+                keys, scope = backbone_keys, "backbone"
+        if not keys:
+            return
+        weights = _strip_module_prefix(weights)
+        matched = [k for k in keys if k in weights and tuple(weights[k].shape) == tuple(model_state[k].shape)]
+        if len(matched) >= self.min_backbone_match * len(keys):
+            return
+        misshaped = [
+            f"{k}: {tuple(weights[k].shape)} in the file, {tuple(model_state[k].shape)} in the model"
+            for k in keys
+            if k in weights and k not in matched
+        ]
+        lines = [
+            f"{self._loading or 'checkpoint'}: the weights of another model: the file gives "
+            f"{len(matched)} of the {len(keys)} tensors of the model's {scope} (same name and "
+            f"shape), fewer than min_backbone_match={self.min_backbone_match:g} of them; nothing "
+            "was loaded.",
+            f"  not in the file: {_listing([k for k in keys if k not in weights])}",
+        ]
+        if misshaped:
+            lines.append(f"  other shape: {_listing(misshaped)}")
+        lines.append(f"  the file's names: {_listing(sorted(weights))}")
+        raise CheckpointLoadError("\n".join(lines))
+
+    # ---- writing ----
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Save the model and checkpointables to ``{save_dir}/{name}.pth`` and tag it as the last
+        checkpoint, each atomically."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if "://" in self.save_dir:
+            raise ValueError(f"save_dir={self.save_dir!r}: FishNetCheckpointer saves to local directories only")
+        basename = f"{name}.pth"
+        if os.path.basename(basename) != basename or name in ("", ".", ".."):
+            raise ValueError(f"name={name!r}: must be a file name, without a directory")
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_filename_basename`` to ``{save_dir}/last_checkpoint``, atomically."""
+        atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename),
+            binary=False,
+        )
