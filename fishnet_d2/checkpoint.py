@@ -49,8 +49,9 @@ from .safe_pickle import ForbiddenGlobalError, load_pickle
 __all__ = ["CheckpointLoadError", "UnsafeCheckpointError", "FishNetCheckpointer"]
 
 _MAX_LISTED = 8
-# What weights_only=True and load_pickle rebuild, for the error messages.
-_ALLOWED = "tensors, numpy arrays, dicts, lists, tuples, strings, numbers, booleans and None"
+# What load_pickle (.pkl) and torch.load(weights_only=True) rebuild, for the error messages.
+_ALLOWED_PKL = "numpy arrays, dicts, lists, tuples, strings, numbers, booleans and None"
+_ALLOWED_TORCH = "tensors, dicts, lists, tuples, strings, numbers, booleans and None"
 
 
 class CheckpointLoadError(ValueError):
@@ -67,10 +68,10 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def _refused(filename: str, global_name: str) -> UnsafeCheckpointError:
+def _refused(filename: str, global_names: List[str], allowed: str) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
-        f"{filename}: refused to load: reading it would call {global_name}, which is not allowed "
-        f"in a checkpoint (allowed: {_ALLOWED}). Nothing in the file was run; it may be "
+        f"{filename}: refused to load: reading it would call {', '.join(global_names)}, not "
+        f"allowed in a checkpoint (allowed: {allowed}). Nothing in the file was run; it may be "
         "malicious -- load it only if you trust its source and know why it holds code."
     )
 
@@ -85,20 +86,30 @@ def _read_pickle(filename: str) -> Any:
         try:
             return load_pickle(f)
         except ForbiddenGlobalError as e:
-            raise _refused(filename, f"{e.module}.{e.name}") from None
+            raise _refused(filename, [f"{e.module}.{e.name}"], _ALLOWED_PKL) from None
         except Exception as e:  # pickle raises many types for broken data
             raise CheckpointLoadError(
                 f"{filename}: not a readable pickle (truncated, or not a pickle): {_first_line(e)}"
             ) from None
 
 
+def _unsafe_globals(filename: str, error: Exception) -> List[str]:
+    """The globals that made ``torch.load(weights_only=True)`` refuse ``filename``."""
+    if zipfile.is_zipfile(filename) and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(filename))
+        except Exception:  # a damaged archive: fall back on torch's message
+            pass
+    return re.findall(r"GLOBAL ([\w.]+)", str(error))[:1]
+
+
 def _read_torch(filename: str) -> Any:
     try:
         return torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        forbidden = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        forbidden = _unsafe_globals(filename, e)
         if forbidden:
-            raise _refused(filename, forbidden.group(1)) from None
+            raise _refused(filename, forbidden, _ALLOWED_TORCH) from None
         reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
         reason = reason.group(1) if reason else _first_line(e)
     except Exception as e:  # truncated archives, other formats: torch raises many types
@@ -119,7 +130,9 @@ def _read_torch(filename: str) -> Any:
                 f"{filename}: a plain pickle, not a torch checkpoint (torch.save writes a zip "
                 "archive); if it is in Detectron2's model-zoo format, name it .pkl"
             )
-    raise CheckpointLoadError(f"{filename}: not a torch checkpoint: {reason}")
+    raise CheckpointLoadError(
+        f"{filename}: not a readable torch checkpoint (truncated, or another format): {reason}"
+    )
 
 
 def _from_pickle(filename: str, data: Any, logger: logging.Logger) -> Dict[str, Any]:
@@ -261,15 +274,16 @@ class FishNetCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
         weights = checkpoint["model"]
         self._convert_ndarray_to_tensor(weights)
-        if checkpoint.get("matching_heuristics", False):
+        heuristics = checkpoint.get("matching_heuristics", False)
+        if heuristics:
             checkpoint["model"] = align_and_update_state_dicts(
                 self.model.state_dict(), weights, c2_conversion=checkpoint.get("__author__") == "Caffe2"
             )
             checkpoint["matching_heuristics"] = False  # applied; DetectionCheckpointer skips it
-        self._check_same_model(checkpoint["model"])
+        self._check_same_model(checkpoint["model"], heuristics)
         return super()._load_model(checkpoint)
 
-    def _check_same_model(self, weights: Mapping[str, torch.Tensor]) -> None:
+    def _check_same_model(self, weights: Mapping[str, torch.Tensor], heuristics: bool) -> None:
         """Raise CheckpointLoadError, before anything is loaded, for a file of another model."""
         model_state = self.model.state_dict()
         keys = [k for k in model_state if not k.endswith("num_batches_tracked")]
@@ -292,8 +306,8 @@ class FishNetCheckpointer(DetectionCheckpointer):
         lines = [
             f"{self._loading or 'checkpoint'}: the weights of another model: the file gives "
             f"{len(matched)} of the {len(keys)} tensors of the model's {scope} (same name and "
-            f"shape), fewer than min_backbone_match={self.min_backbone_match:g} of them; nothing "
-            "was loaded.",
+            f"shape{', after Detectron2 matched names by suffix and logged shape mismatches' if heuristics else ''}), "
+            f"fewer than min_backbone_match={self.min_backbone_match:g} of them; nothing was loaded.",
             f"  not in the file: {_listing([k for k in keys if k not in weights])}",
         ]
         if misshaped:
