@@ -5,10 +5,14 @@ from typing import Dict, Iterator, List
 
 import pytest
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, LazyCall as L
+from detectron2.layers import ShapeSpec
 from detectron2.structures import BitMasks, Boxes, Instances
+from omegaconf import DictConfig
 
-from .common import use_tiny_arch
+from fishnet_d2.lazy import fishnet_arch
+
+from .common import TINY_ARCH, use_tiny_arch
 
 IMAGE_SIZE = (64, 96)  # height, width: multiples of the FishNet's size divisibility (32)
 NUM_THING_CLASSES = 3
@@ -46,6 +50,27 @@ def shrink_config(cfg: CfgNode) -> CfgNode:
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
     return cfg
+
+
+def shrink_lazy_model(model: DictConfig, num_classes: int = NUM_THING_CLASSES) -> DictConfig:
+    """shrink_config for the ``model`` of a LazyConfig R-CNN, in place."""
+    model.backbone.bottom_up.arch = L(fishnet_arch)(depth=0, **{k.lower(): v for k, v in TINY_ARCH.items()})
+    channels = 32
+    model.backbone.out_channels = channels
+    model.proposal_generator.head.in_channels = channels
+    model.proposal_generator.batch_size_per_image = 32
+    model.proposal_generator.pre_nms_topk = (200, 100)
+    model.proposal_generator.post_nms_topk = (50, 50)
+    heads = model.roi_heads
+    heads.num_classes = num_classes
+    heads.batch_size_per_image = 16
+    heads.box_head.input_shape = ShapeSpec(channels=channels, height=7, width=7)
+    heads.box_head.fc_dims = [64, 64]
+    heads.box_predictor.input_shape = ShapeSpec(channels=64)
+    if heads.mask_head is not None:
+        heads.mask_head.input_shape = ShapeSpec(channels=channels, height=14, width=14)
+        heads.mask_head.conv_dims = [channels, channels]
+    return model
 
 
 def synthetic_batch(num_images: int = 2, seed: int = 0) -> List[Dict]:

@@ -1,0 +1,161 @@
+"""fishnet_d2.engine and fishnet_d2.evaluation: evaluators by dataset type, the setup checks, the
+launcher, and tools/train_net.py's main trained in 2 CPU processes and evaluated with --eval-only."""
+
+import json
+import re
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import default_argument_parser
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+
+from fishnet_d2.data import SyntheticShapesSpec, register_synthetic_shapes
+from fishnet_d2.engine import launch, main, setup
+from fishnet_d2.evaluation import build_evaluator
+
+from .common import REPO, fishnet_cfg
+from .synthetic_inputs import one_torch_thread, shrink_config  # noqa: F401 (fixture)
+
+PAPER_MASK_RCNN = REPO / "configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
+SHAPES_PREFIX = "fishnet_engine_test"
+SHAPES_SPEC = dict(num_train=4, num_val=2)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A small synthetic shapes dataset, generated here (so that worker processes only read it):
+    (root, split -> registered name)."""
+    root = tmp_path_factory.mktemp("shapes")
+    names = register_synthetic_shapes(SHAPES_PREFIX, root, SyntheticShapesSpec(**SHAPES_SPEC))
+    assert len(DatasetCatalog.get(names["val"])) == SHAPES_SPEC["num_val"]
+    return root, names
+
+
+def test_coco_evaluator_uses_the_reference_cocoeval(shapes, tmp_path):
+    _, names = shapes
+    cfg = fishnet_cfg()
+    cfg.MODEL.MASK_ON = True
+    evaluator = build_evaluator(cfg, names["val"], str(tmp_path))
+    assert isinstance(evaluator, COCOEvaluator)
+    # Detectron2 keeps these as private attributes: the reference pycocotools COCOeval, and the
+    # tasks the model predicts
+    assert evaluator._use_fast_impl is False
+    assert set(evaluator._tasks) == {"bbox", "segm"}
+    cfg.MODEL.MASK_ON = False
+    assert set(build_evaluator(cfg, names["val"], str(tmp_path))._tasks) == {"bbox"}
+
+
+def _register_metadata(name, **metadata):
+    """An empty dataset with the given metadata."""
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, list)
+        MetadataCatalog.get(name).set(**metadata)
+    return name
+
+
+def test_semantic_and_panoptic_evaluators(tmp_path):
+    stuff = dict(stuff_classes=["things", "sky", "grass"], ignore_label=255)
+    sem_seg = _register_metadata("fishnet_engine_sem_seg", evaluator_type="sem_seg", **stuff)
+    assert isinstance(build_evaluator(fishnet_cfg(), sem_seg, str(tmp_path)), SemSegEvaluator)
+
+    coco_json = tmp_path / "instances.json"
+    coco_json.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    panoptic = _register_metadata(
+        "fishnet_engine_panoptic",
+        evaluator_type="coco_panoptic_seg",
+        json_file=str(coco_json),
+        thing_classes=["a"],
+        thing_dataset_id_to_contiguous_id={1: 0},
+        stuff_dataset_id_to_contiguous_id={2: 0},
+        **stuff,
+    )
+    cfg = fishnet_cfg()
+    cfg.MODEL.MASK_ON = True
+    evaluators = build_evaluator(cfg, panoptic, str(tmp_path))
+    assert isinstance(evaluators, DatasetEvaluators)
+    kinds = [type(e) for e in evaluators._evaluators]
+    assert kinds == [SemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator]
+
+
+def test_unknown_evaluator_type_raises():
+    name = _register_metadata("fishnet_engine_voc", evaluator_type="pascal_voc")
+    with pytest.raises(ValueError, match=r"evaluator_type='pascal_voc'.*allowed: \['coco', 'coco_panoptic_seg', 'sem_seg'\]"):
+        build_evaluator(fishnet_cfg(), name)
+
+
+def _args(*argv):
+    return default_argument_parser().parse_args(list(argv))
+
+
+def test_setup_refuses_cuda_without_a_gpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = _args("--config-file", str(PAPER_MASK_RCNN), "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cuda")
+    with pytest.raises(ValueError, match=r"MODEL.DEVICE='cuda'.*allowed here: 'cpu'"):
+        setup(args)
+
+
+def test_launch_checks_its_arguments(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="num_gpus_per_machine=0"):
+        launch(print, 0)
+    with pytest.raises(ValueError, match="machine_rank=1: must be below num_machines=1"):
+        launch(print, 1, machine_rank=1)
+    with pytest.raises(ValueError, match="dist_url=None"):
+        launch(print, 2, dist_url=None)
+    with pytest.raises(ValueError, match="dist_url='auto' works on one machine only"):
+        launch(print, 2, num_machines=2, dist_url="auto")
+
+
+def _shapes_config(tmp_path, names):
+    """The paper's Mask R-CNN config, shrunk, on the small shapes dataset, written as a YAML file."""
+    cfg = fishnet_cfg()
+    cfg.merge_from_file(str(PAPER_MASK_RCNN))
+    shrink_config(cfg)
+    cfg.DATASETS.TRAIN = (names["train"],)
+    cfg.DATASETS.TEST = (names["val"],)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    cfg.INPUT.update(MIN_SIZE_TRAIN=(64,), MAX_SIZE_TRAIN=96, MIN_SIZE_TEST=64, MAX_SIZE_TEST=96)
+    cfg.INPUT.MASK_FORMAT = "bitmask"  # the dataset's masks are RLE
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.update(MAX_ITER=2, STEPS=(1,), WARMUP_ITERS=1, CHECKPOINT_PERIOD=1000)
+    cfg.SOLVER.CLIP_GRADIENTS.UNTIL_ITER = 1
+    cfg.TEST.EVAL_PERIOD = 0  # evaluate once, after the last iteration
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # detections even from a model trained 2 iterations
+    cfg.OUTPUT_DIR = str(tmp_path / "output")
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.dump())
+    return path
+
+
+def _registered_main(args, root):
+    """main(args) in a worker process, which has to register the dataset again."""
+    torch.set_num_threads(1)  # two processes share the CPU cores
+    register_synthetic_shapes(SHAPES_PREFIX, root, SyntheticShapesSpec(**SHAPES_SPEC))
+    main(args)
+
+
+def test_train_net_two_cpu_processes_then_eval_only(shapes, tmp_path, capfd):
+    root, names = shapes
+    config = _shapes_config(tmp_path, names)
+    output = tmp_path / "output"
+    train_args = _args("--config-file", str(config), "--num-gpus", "2", "--dist-url", "auto", "MODEL.DEVICE", "cpu")
+    launch(_registered_main, 2, dist_url=train_args.dist_url, args=(train_args, root))
+
+    assert (output / "model_final.pth").is_file()
+    metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    assert any(m["iteration"] == 1 and "total_loss" in m for m in metrics)
+    assert any("bbox/AP" in m and "segm/AP" in m for m in metrics)  # the evaluation after training
+    assert (output / "inference" / "coco_instances_results.json").is_file()
+    capfd.readouterr()  # what training printed
+
+    eval_args = _args(
+        "--config-file", str(config), "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),
+        "OUTPUT_DIR", str(tmp_path / "eval"),
+    )  # fmt: skip
+    results = main(eval_args)
+    assert set(results) == {"bbox", "segm"}
+    assert all(0.0 <= results[task]["AP"] <= 100.0 for task in results), results
+    printed = capfd.readouterr().out
+    assert "Evaluation results for bbox" in printed and "Evaluation results for segm" in printed
+    assert re.search(r"\|\s*AP\s*\|\s*AP50\s*\|\s*AP75\s*\|\s*APs\s*\|\s*APm\s*\|\s*APl\s*\|", printed)
