@@ -2,11 +2,11 @@
 checkpoint tests on CPU."""
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 from detectron2.config import CfgNode
 
-from fishnet_d2.data import ShapeImageParams, SyntheticShapesSpec, register_synthetic_shapes
+from fishnet_d2.data import ShapeImageParams, SyntheticShapesSpec, ensure_synthetic_shapes, register_synthetic_shapes
 
 from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
 
@@ -18,13 +18,14 @@ TINY_SHAPES_PREFIX = "fishnet_tests_tiny_shapes"
 
 
 def tiny_mask_rcnn_cfg() -> CfgNode:
-    """Mask R-CNN with FPN on TINY_ARCH (FPN on head2..head5, as the paper), narrow heads, few
+    """Mask R-CNN with FPN on TINY_ARCH with BatchNorm (FPN on head2..head5, as the paper), narrow heads, few
     proposals, 64-pixel images, CPU, no pretrained weights, 4 classes (the shapes)."""
     cfg = use_tiny_arch(fishnet_cfg())
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     cfg.MODEL.MASK_ON = True
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.BACKBONE.NAME = "build_fishnet_fpn_backbone"
+    cfg.MODEL.FISHNET.NORM = "BN"  # trained from scratch, as the demo
     cfg.MODEL.FISHNET.FREEZE_STEM_CONV1 = False
     cfg.MODEL.FPN.IN_FEATURES = ["head2", "head3", "head4", "head5"]
     cfg.MODEL.FPN.OUT_CHANNELS = 32
@@ -73,3 +74,16 @@ def tiny_arch_opts() -> list:
 def register_tiny_shapes(root: Path) -> Dict[str, str]:
     """Register TINY_SHAPES (generated under ``root`` when first loaded): split -> dataset name."""
     return register_synthetic_shapes(TINY_SHAPES_PREFIX, root=root, spec=TINY_SHAPES)
+
+
+_TINY_SHAPES: Optional[Tuple[Path, Dict[str, str]]] = None
+
+
+def tiny_shapes(tmp_path_factory) -> Tuple[Path, Dict[str, str]]:
+    """TINY_SHAPES generated and registered once per test session: (root, split -> name)."""
+    global _TINY_SHAPES
+    if _TINY_SHAPES is None:
+        root = tmp_path_factory.mktemp("tiny_shapes")
+        ensure_synthetic_shapes(root, TINY_SHAPES)  # here, so that worker processes only read it
+        _TINY_SHAPES = root, register_tiny_shapes(root)
+    return _TINY_SHAPES
