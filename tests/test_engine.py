@@ -1,5 +1,6 @@
 """fishnet_d2.engine and fishnet_d2.evaluation: evaluators by dataset type, the setup checks, the
-launcher, and tools/train_net.py's main trained in 2 CPU processes and evaluated with --eval-only."""
+launcher, and tools/train_net.py's main: trained in 2 CPU processes, resumed in one, evaluated
+with --eval-only."""
 
 import json
 import re
@@ -10,25 +11,25 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 
-from fishnet_d2.data import SyntheticShapesSpec, register_synthetic_shapes
+from fishnet_d2.data import register_synthetic_shapes
 from fishnet_d2.engine import launch, main, setup
 from fishnet_d2.evaluation import build_evaluator
 
 from .common import REPO, fishnet_cfg
 from .synthetic_inputs import one_torch_thread, shrink_config  # noqa: F401 (fixture)
+from .tiny_detection import TINY_SHAPES
 
 PAPER_MASK_RCNN = REPO / "configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
 SHAPES_PREFIX = "fishnet_engine_test"
-SHAPES_SPEC = dict(num_train=4, num_val=2)
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    """A small synthetic shapes dataset, generated here (so that worker processes only read it):
+    """The tests' tiny shapes dataset, generated here (so that worker processes only read it):
     (root, split -> registered name)."""
     root = tmp_path_factory.mktemp("shapes")
-    names = register_synthetic_shapes(SHAPES_PREFIX, root, SyntheticShapesSpec(**SHAPES_SPEC))
-    assert len(DatasetCatalog.get(names["val"])) == SHAPES_SPEC["num_val"]
+    names = register_synthetic_shapes(SHAPES_PREFIX, root, TINY_SHAPES)
+    assert len(DatasetCatalog.get(names["val"])) == TINY_SHAPES.num_val
     return root, names
 
 
@@ -130,12 +131,11 @@ def _shapes_config(tmp_path, names):
 
 def _registered_main(args, root):
     """main(args) in a worker process, which has to register the dataset again."""
-    torch.set_num_threads(1)  # two processes share the CPU cores
-    register_synthetic_shapes(SHAPES_PREFIX, root, SyntheticShapesSpec(**SHAPES_SPEC))
+    register_synthetic_shapes(SHAPES_PREFIX, root, TINY_SHAPES)
     main(args)
 
 
-def test_train_net_two_cpu_processes_then_eval_only(shapes, tmp_path, capfd):
+def test_train_net_two_cpu_processes_resume_then_eval_only(shapes, tmp_path, capfd):
     root, names = shapes
     config = _shapes_config(tmp_path, names)
     output = tmp_path / "output"
@@ -147,7 +147,14 @@ def test_train_net_two_cpu_processes_then_eval_only(shapes, tmp_path, capfd):
     assert any(m["iteration"] == 1 and "total_loss" in m for m in metrics)
     assert any("bbox/AP" in m and "segm/AP" in m for m in metrics)  # the evaluation after training
     assert (output / "inference" / "coco_instances_results.json").is_file()
+
+    # --resume in one process: from the checkpoint of iteration 1, train iteration 2
     capfd.readouterr()  # what training printed
+    resume_args = _args("--config-file", str(config), "--resume", "SOLVER.MAX_ITER", "3")
+    launch(main, 1, args=(resume_args,))
+    assert "Starting training from iteration 2" in capfd.readouterr().out
+    metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    assert any(m["iteration"] == 2 and "total_loss" in m for m in metrics)
 
     eval_args = _args(
         "--config-file", str(config), "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),

@@ -13,7 +13,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from fishnet_d2 import FishNet
-from fishnet_d2.data import SyntheticShapesSpec, register_synthetic_shapes
+from fishnet_d2.data import register_synthetic_shapes
 from fishnet_d2.solver import GradientClipping
 
 from .common import REPO
@@ -23,6 +23,7 @@ from .synthetic_inputs import (  # noqa: F401 (fixture)
     shrink_lazy_model,
     synthetic_batch,
 )
+from .tiny_detection import TINY_SHAPES
 
 LAZY_CONFIGS = sorted(
     p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.py") if "common" not in p.parts
@@ -103,9 +104,8 @@ def test_lazyconfig_model_trains(path):
 
 @pytest.fixture(scope="module")
 def tiny_shapes(tmp_path_factory):
-    """A small synthetic shapes dataset (4 train, 2 val images): split -> registered name."""
-    spec = SyntheticShapesSpec(num_train=4, num_val=2)
-    return register_synthetic_shapes("fishnet_lazy_test", tmp_path_factory.mktemp("shapes"), spec)
+    """The tests' tiny shapes dataset: split -> registered name."""
+    return register_synthetic_shapes("fishnet_lazy_test", tmp_path_factory.mktemp("shapes"), TINY_SHAPES)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@
 Everything it does is in fishnet_d2.engine (Trainer, setup, main, launch).
 """
 
-import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
 from detectron2.engine import default_argument_parser
 
+import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
 from fishnet_d2.engine import launch, main
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ import argparse
 from typing import Dict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from ..checkpoint import FishNetCheckpointer
 from ..config import add_fishnet_config
 from .trainer import Trainer
 
@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> Dict:
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        FishNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(Trainer.test_with_TTA(cfg, model))

@@ -8,6 +8,7 @@ with 2 CPU processes (with ``MODEL.DEVICE cpu``).
 """
 
 import logging
+import os
 from datetime import timedelta
 from typing import Any, Callable, Optional, Tuple
 
@@ -93,6 +94,10 @@ def _cpu_worker(
     timeout: timedelta,
 ) -> None:
     global_rank = machine_rank * num_procs_per_machine + local_rank
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores among the processes (torchrun sets OMP_NUM_THREADS for the same reason):
+        # threads that compete for cores only slow each other down.
+        torch.set_num_threads(max(1, torch.get_num_threads() // num_procs_per_machine))
     try:
         dist.init_process_group(
             backend="GLOO", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout

@@ -7,7 +7,6 @@ from collections import OrderedDict
 from typing import Dict, Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
@@ -15,6 +14,7 @@ from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import FishNetCheckpointer
 from ..evaluation import build_evaluator
 from ..solver import build_optimizer
 
@@ -29,6 +29,7 @@ class Trainer(DefaultTrainer):
     * ``UNTIL_ITER`` rescaled with the other iteration counts when ``SOLVER.REFERENCE_WORLD_SIZE``
       differs from the number of processes (:meth:`auto_scale_workers`);
     * evaluators from the dataset's ``evaluator_type`` (:func:`fishnet_d2.evaluation.build_evaluator`);
+    * checkpoints read and written by :class:`fishnet_d2.checkpoint.FishNetCheckpointer`;
     * DistributedDataParallel on CPU (GLOO, see :func:`fishnet_d2.engine.launch`).
     """
 
@@ -52,7 +53,7 @@ class Trainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = FishNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
