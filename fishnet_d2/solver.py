@@ -108,7 +108,8 @@ class GradientClipping:
                 torch.nn.utils.clip_grad_value_(p, self.clip_value)
 
     def __call__(self, optimizer: torch.optim.Optimizer, args: Tuple, kwargs: Dict) -> None:
-        """Step pre-hook: clip the optimizer's gradients if the current iteration asks for it."""
+        """Step pre-hook: clip the optimizer's gradients if the current iteration asks for it
+        (clipping for the whole run needs no iteration)."""
         if self.until_iter == 0 or self.is_active(_current_iteration(self.until_iter)):
             self.clip(p for group in optimizer.param_groups for p in group["params"])
 

@@ -14,7 +14,6 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from fishnet_d2 import FishNet
 from fishnet_d2.data import register_synthetic_shapes
-from fishnet_d2.solver import GradientClipping
 
 from .common import REPO
 from .synthetic_inputs import (  # noqa: F401 (fixture)
