@@ -1,0 +1,59 @@
+"""What ``tools/demo.py`` runs: its command line and ``main``."""
+
+import argparse
+import time
+from typing import Optional
+
+from detectron2.engine import default_argument_parser
+from detectron2.evaluation import print_csv_format
+from detectron2.utils import comm
+
+from ..engine import setup
+from .pipeline import DemoResult, ap_table, run_demo
+
+__all__ = ["argument_parser", "main"]
+
+DEFAULT_OUTPUT = "output/demo"
+
+
+def argument_parser(default_config: str = "") -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` (``--config-file``, ``--num-gpus``, trailing
+    ``KEY VALUE`` overrides, ...) with the demo's options."""
+    parser = default_argument_parser(
+        epilog="Example: python tools/demo.py --output output/demo SOLVER.MAX_ITER 500"
+    )
+    parser.set_defaults(config_file=default_config)
+    parser.add_argument(
+        "--output", default=DEFAULT_OUTPUT, help=f"directory for the checkpoint, logs and pictures (default {DEFAULT_OUTPUT})"
+    )
+    parser.add_argument("--num-images", type=int, default=6, help="validation images to draw in predictions.png")
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.5, help="draw predictions with at least this score"
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> Optional[DemoResult]:
+    """Train and evaluate the demo config, draw its pictures, and print the AP summary."""
+    if not args.config_file:
+        raise ValueError("--config-file is empty: give the demo config, configs/Demo/mask_rcnn_fishnet_tiny_FPN_demo.yaml")
+    if args.eval_only or args.resume:
+        raise ValueError(
+            "the demo always trains from scratch; to evaluate its checkpoint run tools/train_net.py "
+            "--config-file CONFIG --eval-only MODEL.WEIGHTS output/demo/model_final.pth"
+        )
+    args.opts = ["OUTPUT_DIR", args.output] + list(args.opts)
+    start = time.perf_counter()
+    cfg = setup(args)
+    result = run_demo(cfg, num_images=args.num_images, score_threshold=args.score_threshold)
+    if not comm.is_main_process():
+        return None
+    print_csv_format(result.results)
+    print("\nCOCO metrics (percent) on " + ", ".join(cfg.DATASETS.TEST) + ":\n" + ap_table(result.results))
+    minutes, seconds = divmod(time.perf_counter() - start, 60)
+    print(f"\nCheckpoint:  {result.checkpoint}")
+    print(f"Predictions: {result.predictions_png}")
+    print(f"Losses:      {result.losses_png}")
+    print(f"Time: {int(minutes)} min {seconds:.0f} s ({cfg.SOLVER.MAX_ITER} iterations of {cfg.SOLVER.IMS_PER_BATCH} images)")
+    print(f"\nDEMO RESULT  {result.summary}")
+    return result
