@@ -8,10 +8,10 @@ from detectron2.modeling import build_backbone, build_model
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fishnet_d2 import FishNet, FishNetArch
+from fishnet_d2 import FishNet
 
-from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .common import fishnet_cfg, use_tiny_arch
+from .tiny_detection import TINY_FISHNET_ARCH, tiny_mask_rcnn_cfg
 
 MAX_PIXELS = 2**15  # keeps each inference small: the long side goes to 1024 only on thin images
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -71,15 +71,12 @@ def test_at_least_200_sizes_were_tried():
     assert len(SIZES_TRIED) >= 200, len(SIZES_TRIED)
 
 
-TINY = FishNetArch(**{key.lower(): tuple(v) if isinstance(v, list) else v for key, v in TINY_ARCH.items()})
-
-
 @pytest.fixture(scope="module")
 def backbones():
     fpn_cfg = use_tiny_arch(fishnet_cfg())
     fpn_cfg.MODEL.BACKBONE.NAME = "build_fishnet_fpn_backbone"
     fpn_cfg.MODEL.FPN.IN_FEATURES = ["head2", "head3", "head4", "head5"]
-    return {"FishNet": FishNet(TINY).eval(), "FishNet-FPN": build_backbone(fpn_cfg).eval()}
+    return {"FishNet": FishNet(TINY_FISHNET_ARCH).eval(), "FishNet-FPN": build_backbone(fpn_cfg).eval()}
 
 
 @st.composite

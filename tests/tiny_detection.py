@@ -6,9 +6,15 @@ from typing import Dict, Optional, Tuple
 
 from detectron2.config import CfgNode
 
+from fishnet_d2 import FishNetArch
 from fishnet_d2.data import ShapeImageParams, SyntheticShapesSpec, ensure_synthetic_shapes, register_synthetic_shapes
 
 from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
+
+# TINY_ARCH as a FishNetArch, for building FishNet directly.
+TINY_FISHNET_ARCH = FishNetArch(
+    **{key.lower(): tuple(v) if isinstance(v, list) else v for key, v in TINY_ARCH.items()}
+)
 
 # The demo's 4 shape categories, small images, few of them.
 TINY_SHAPES = SyntheticShapesSpec(
