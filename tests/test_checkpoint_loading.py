@@ -15,8 +15,10 @@ from detectron2.modeling import build_backbone, build_model
 from fishnet_d2.checkpoint import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
 from fishnet_d2.convert import save_d2_checkpoint
 
-from .common import fishnet_cfg, use_tiny_arch
 from .tiny_detection import tiny_mask_rcnn_cfg
+
+# torch warns before refusing a plain pickle (protocol > 2) given as a torch file.
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +33,16 @@ def model(pristine_model):
 
 
 def tiny_backbone_state(seed: int = 1, **arch_changes):
-    """The state_dict of a plain tiny FishNet (FrozenBN, as the detector's), random weights."""
-    cfg = use_tiny_arch(fishnet_cfg())
+    """The state_dict of the detector's FishNet, alone (as ImageNet weights are), random weights."""
+    cfg = tiny_mask_rcnn_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_fishnet_backbone"
     for key, value in arch_changes.items():
         cfg.MODEL.FISHNET.ARCH[key] = value
     torch.manual_seed(seed)
     backbone = build_backbone(cfg)
-    for name, tensor in backbone.state_dict().items():
-        tensor.copy_(torch.rand_like(tensor) + 0.5)  # FrozenBN's buffers are constants otherwise
+    for tensor in backbone.state_dict().values():
+        if tensor.is_floating_point():  # BatchNorm's statistics too, which are constants otherwise
+            tensor.copy_(torch.rand_like(tensor) + 0.5)
     return backbone.state_dict()
 
 
