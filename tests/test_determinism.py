@@ -2,11 +2,18 @@
 
 from typing import Dict, List
 
+import pytest
 from detectron2.utils.env import seed_all_rng
 
 from fishnet_d2.engine import Trainer
 
 from .tiny_detection import tiny_mask_rcnn_cfg, tiny_shapes
+
+# Raised inside detectron2 v0.6's data code (np.int; bitmasks from read-only arrays).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`np.int` is a deprecated alias:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning"),
+]
 
 STEPS = 3
 

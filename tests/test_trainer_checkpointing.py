@@ -1,13 +1,20 @@
 """The package's Trainer checkpoints with FishNetCheckpointer and keeps everything a resumed run
-needs: the model, the iteration, the LR scheduler and the optimizer (momentum buffers)."""
+needs: the model, the iteration, the LR scheduler and the optimizer (momentum buffers);
+tools/train_net.py refuses bad MODEL.WEIGHTS with the checkpointer's errors."""
+
+import pickle
 
 import pytest
 import torch
+from detectron2.engine import default_argument_parser
 
-from fishnet_d2.checkpoint import FishNetCheckpointer
-from fishnet_d2.engine import Trainer
+from fishnet_d2.checkpoint import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
+from fishnet_d2.engine import Trainer, main
 
 from .tiny_detection import tiny_mask_rcnn_cfg, tiny_shapes
+
+# detectron2 v0.6's dataset statistics use np.int (its own code, not this project's)
+pytestmark = pytest.mark.filterwarnings("ignore:`np.int` is a deprecated alias:DeprecationWarning")
 
 
 @pytest.fixture
@@ -51,3 +58,45 @@ def test_resume_restores_the_optimizer_state(trained):
     assert restored.keys() == momentum.keys()
     for key, buffer in momentum.items():
         torch.testing.assert_close(restored[key]["momentum_buffer"], buffer, rtol=0, atol=0)
+
+
+class CreatesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+# MODEL.WEIGHTS -> (error, text of the message)
+BAD_WEIGHTS = {
+    "missing.pth": (FileNotFoundError, "missing.pth': no such file"),
+    "truncated.pth": (CheckpointLoadError, "truncated.pth: not a readable torch checkpoint (truncated"),
+    "malicious.pkl": (UnsafeCheckpointError, "malicious.pkl: refused to load: reading it would call io.open"),
+    "resnet.pth": (CheckpointLoadError, "resnet.pth: the weights of another model"),
+    "weights.pth?strict=True": (ValueError, "unsupported options 'strict=True'"),
+}
+
+
+@pytest.mark.parametrize("weights", sorted(BAD_WEIGHTS))
+def test_train_net_refuses_bad_weights(tmp_path_factory, tmp_path, weights):
+    """tools/train_net.py's main, training or --eval-only, stops on MODEL.WEIGHTS that are not
+    weights of the model, with the checkpointer's error; a malicious file runs nothing."""
+    torch.save({"model": {"conv1.weight": torch.rand(64, 3, 7, 7)}}, tmp_path / "resnet.pth")
+    torch.save({"model": {"conv1.weight": torch.rand(64, 3, 7, 7)}}, tmp_path / "weights.pth")
+    (tmp_path / "truncated.pth").write_bytes((tmp_path / "resnet.pth").read_bytes()[:1000])
+    target = tmp_path / "created_by_unpickling"
+    (tmp_path / "malicious.pkl").write_bytes(pickle.dumps({"model": CreatesAFile(str(target)), "__author__": "x"}))
+    cfg = tiny_mask_rcnn_cfg()
+    cfg.DATASETS.TRAIN = (tiny_shapes(tmp_path_factory)[1]["train"],)
+    cfg.DATASETS.TEST = ()
+    cfg.MODEL.WEIGHTS = str(tmp_path / weights)
+    cfg.OUTPUT_DIR = str(tmp_path / "output")
+    (tmp_path / "config.yaml").write_text(cfg.dump())
+    error, message = BAD_WEIGHTS[weights]
+    for mode in (["--eval-only"], []):
+        args = default_argument_parser().parse_args(["--config-file", str(tmp_path / "config.yaml"), *mode])
+        with pytest.raises(error) as raised:
+            main(args)
+        assert message in str(raised.value), str(raised.value)
+    assert not target.exists()
