@@ -1,6 +1,7 @@
 """Write a file so that its name never shows a partial file: the data goes to a temporary file in
 the same directory, is flushed to disk, and only then replaces the file under its final name."""
 
+import errno
 import os
 import tempfile
 from typing import IO, Callable
@@ -21,6 +22,10 @@ def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        # Some file systems (network, FUSE) cannot sync a directory; the file is in place.
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 

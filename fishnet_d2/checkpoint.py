@@ -82,6 +82,11 @@ def _listing(items: List[str]) -> str:
 
 
 def _read_pickle(filename: str) -> Any:
+    if zipfile.is_zipfile(filename):
+        raise CheckpointLoadError(
+            f"{filename}: a torch checkpoint (zip archive) under a .pkl name: name it .pth "
+            "(.pkl files are read as Detectron2 model-zoo pickles)"
+        )
     with open(filename, "rb") as f:
         try:
             return load_pickle(f)

@@ -156,6 +156,8 @@ def write_file(path, kind: str, model) -> None:
     elif kind == "object array":
         obj = {"model": {"backbone.w": np.array([None, 1], dtype=object)}, "__author__": "test"}
         path.write_bytes(pickle.dumps(obj))
+    elif kind == "torch file as pkl":
+        torch.save({"model": good_state}, path)
     elif kind == "plain pickle as pth":
         path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in good_state.items()}}))
     elif kind == "official FishNet":
@@ -198,6 +200,7 @@ BAD_FILES = [
     ("non-array weights", ".pkl", "2 of 2 are not: backbone.w (str), backbone.b (list)"),
     ("object array", ".pkl", "backbone.w (numpy dtype object)"),
     ("plain pickle as pth", ".pth", "a plain pickle, not a torch checkpoint"),
+    ("torch file as pkl", ".pkl", "a torch checkpoint (zip archive) under a .pkl name: name it .pth"),
     ("official FishNet", ".pth", "an official FishNet checkpoint? Convert it first"),
     ("torchvision resnet", ".pth", "the weights of another model: the file gives 0 of the"),
     ("resnet, model zoo pkl", ".pkl", "the weights of another model: the file gives 0 of the"),
