@@ -51,7 +51,9 @@ def _tiny_opts():
 def demo_run(tmp_path_factory):
     """tools/demo.py's main on 8 training and 4 validation images, 2 iterations."""
     tmp = tmp_path_factory.mktemp("demo")
-    register_synthetic_shapes(PREFIX, tmp / "data", SyntheticShapesSpec(seed=11, num_train=8, num_val=4))
+    register_synthetic_shapes(
+        PREFIX, tmp / "data", SyntheticShapesSpec(seed=11, num_train=8, num_val=4)
+    )
     output = tmp / "output"
     args = argument_parser(default_config=str(DEMO_CONFIG)).parse_args(
         ["--output", str(output), "--num-images", "3", "--score-threshold", "0", *_tiny_opts()]
@@ -72,7 +74,9 @@ def test_demo_writes_results_checkpoint_and_pictures(demo_run):
 
     assert result.checkpoint == output / "model_final.pth"
     state = torch.load(result.checkpoint, map_location="cpu", weights_only=False)
-    assert state["iteration"] == 1 and any(k.startswith("backbone.bottom_up.") for k in state["model"])
+    assert state["iteration"] == 1 and any(
+        k.startswith("backbone.bottom_up.") for k in state["model"]
+    )
 
     for path, min_width in ((result.predictions_png, 800), (result.losses_png, 500)):
         assert path.parent == output and path.stat().st_size > 10_000
@@ -101,7 +105,9 @@ def test_predictions_are_drawn(demo_run, tmp_path):
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(str(result.checkpoint))
     records = DatasetCatalog.get(f"{PREFIX}_val")[:3]
-    panels = prediction_panels(model, cfg, records, MetadataCatalog.get(f"{PREFIX}_val"), score_threshold=0.0)
+    panels = prediction_panels(
+        model, cfg, records, MetadataCatalog.get(f"{PREFIX}_val"), score_threshold=0.0
+    )
     assert len(panels) == 3
     assert sum(p.num_predictions for p in panels) > 0
     for panel in panels:
@@ -113,7 +119,15 @@ def test_predictions_are_drawn(demo_run, tmp_path):
 
 def _train_net_args(output: str, weights):
     args = default_argument_parser().parse_args(
-        ["--config-file", str(DEMO_CONFIG), "--eval-only", "OUTPUT_DIR", output, "MODEL.WEIGHTS", str(weights)]
+        [
+            "--config-file",
+            str(DEMO_CONFIG),
+            "--eval-only",
+            "OUTPUT_DIR",
+            output,
+            "MODEL.WEIGHTS",
+            str(weights),
+        ]
         + _tiny_opts()
     )
     return args
@@ -126,7 +140,9 @@ def test_train_net_eval_only_reproduces_the_demo_ap(demo_run, tmp_path):
     for task, metrics in result.results.items():
         for name, value in metrics.items():
             again = results[task][name]
-            assert (math.isnan(value) and math.isnan(again)) or again == pytest.approx(value, abs=1e-6), (task, name)
+            assert (math.isnan(value) and math.isnan(again)) or again == pytest.approx(
+                value, abs=1e-6
+            ), (task, name)
 
 
 def test_loss_history_reads_only_the_last_run(tmp_path):
@@ -162,6 +178,8 @@ def test_bad_demo_arguments_raise(tmp_path):
     parser = argument_parser(default_config=str(DEMO_CONFIG))
     with pytest.raises(ValueError, match="eval-only"):
         main(parser.parse_args(["--eval-only", "--output", str(tmp_path)]))
-    cfg = setup(parser.parse_args(["--output", str(tmp_path), "DATASETS.TEST", "('no_such_dataset',)"]))
+    cfg = setup(
+        parser.parse_args(["--output", str(tmp_path), "DATASETS.TEST", "('no_such_dataset',)"])
+    )
     with pytest.raises(ValueError, match="no_such_dataset"):
         prepare_datasets(cfg)

@@ -31,7 +31,9 @@ SMALL = SyntheticShapesSpec(seed=3, num_train=12, num_val=6)
 
 
 def _files(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,9 @@ def test_same_seed_gives_identical_files(small_dataset, tmp_path):
 
 
 def test_other_seed_gives_other_images(small_dataset, tmp_path):
-    other = ensure_synthetic_shapes(tmp_path / "other", SyntheticShapesSpec(seed=4, num_train=12, num_val=6))
+    other = ensure_synthetic_shapes(
+        tmp_path / "other", SyntheticShapesSpec(seed=4, num_train=12, num_val=6)
+    )
     first, second = _files(small_dataset), _files(other)
     assert first.keys() == second.keys()
     images = [k for k in first if k.endswith(".png")]
@@ -58,7 +62,9 @@ def test_train_and_val_are_disjoint(small_dataset):
     digests = {}
     for split in ("train", "val"):
         _, image_root = split_paths(small_dataset, split)
-        digests[split] = {hashlib.sha256(p.read_bytes()).hexdigest() for p in image_root.glob("*.png")}
+        digests[split] = {
+            hashlib.sha256(p.read_bytes()).hexdigest() for p in image_root.glob("*.png")
+        }
     assert len(digests["train"]) == 12 and len(digests["val"]) == 6
     assert not digests["train"] & digests["val"]
 
@@ -67,7 +73,9 @@ def test_train_and_val_are_disjoint(small_dataset):
 def test_coco_annotations_are_valid(small_dataset, split):
     json_file, image_root = split_paths(small_dataset, split)
     coco = json.loads(json_file.read_text())
-    assert [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])] == list(SHAPE_CATEGORIES)
+    assert [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])] == list(
+        SHAPE_CATEGORIES
+    )
     category_ids = {c["id"] for c in coco["categories"]}
     images = {im["id"]: im for im in coco["images"]}
     assert len(images) == SMALL.num_images(split)
@@ -90,7 +98,10 @@ def test_coco_annotations_are_valid(small_dataset, split):
         coverage = np.sum(masks, axis=0)
         assert coverage.max() == 1, "visible masks of one image overlap"
         with Image.open(image_root / images[image_id]["file_name"]) as im:
-            assert im.size == (images[image_id]["width"], images[image_id]["height"]) and im.mode == "RGB"
+            assert (
+                im.size == (images[image_id]["width"], images[image_id]["height"])
+                and im.mode == "RGB"
+            )
 
 
 def test_occlusion_cuts_the_masks_below():
@@ -114,7 +125,9 @@ def test_occlusion_cuts_the_masks_below():
 @pytest.mark.parametrize("noise", [0.0, 12.0])
 def test_too_occluded_shapes_are_not_painted(noise):
     # Many large shapes on a small image: most would be hidden, and are left out.
-    params = ShapeImageParams(height=32, width=32, num_shapes=(12, 12), shape_size=(24, 32), max_noise_std=noise)
+    params = ShapeImageParams(
+        height=32, width=32, num_shapes=(12, 12), shape_size=(24, 32), max_noise_std=noise
+    )
     dropped = 0
     for index in range(10):
         rendered = render_shapes_image(np.random.default_rng(index), params)
@@ -142,7 +155,9 @@ def test_existing_dataset_is_reused_and_a_damaged_one_rebuilt(small_dataset):
     assert not is_complete(small_dataset, SMALL)
     ensure_synthetic_shapes(small_dataset, SMALL)
     assert image.read_bytes() == original and is_complete(small_dataset, SMALL)
-    assert not [p for p in small_dataset.parent.iterdir() if p.name.startswith(".")], "temporary directories left"
+    assert not [
+        p for p in small_dataset.parent.iterdir() if p.name.startswith(".")
+    ], "temporary directories left"
 
 
 def test_other_spec_replaces_dataset(tmp_path):
@@ -195,7 +210,10 @@ def test_registration_is_lazy_and_loads_coco(tmp_path):
     assert len(records) == 2
     assert Path(metadata.json_file).is_file() and Path(metadata.image_root).is_dir()
     for record in records:
-        assert Path(record["file_name"]).is_file() and (record["height"], record["width"]) == (128, 128)
+        assert Path(record["file_name"]).is_file() and (record["height"], record["width"]) == (
+            128,
+            128,
+        )
         for ann in record["annotations"]:
             assert 0 <= ann["category_id"] < len(SHAPE_CATEGORIES)
             assert ann["bbox_mode"] == BoxMode.XYWH_ABS
@@ -205,7 +223,9 @@ def test_registration_is_lazy_and_loads_coco(tmp_path):
     # the same again is fine; other data under the same names is refused
     assert register_synthetic_shapes("test_shapes_lazy", root, spec) == names
     with pytest.raises(ValueError, match="already registered"):
-        register_synthetic_shapes("test_shapes_lazy", root, SyntheticShapesSpec(seed=6, num_train=4, num_val=2))
+        register_synthetic_shapes(
+            "test_shapes_lazy", root, SyntheticShapesSpec(seed=6, num_train=4, num_val=2)
+        )
 
 
 def test_import_registers_demo_datasets_without_writing(tmp_path):
@@ -217,7 +237,11 @@ def test_import_registers_demo_datasets_without_writing(tmp_path):
         "print(MetadataCatalog.get('fishnet_demo_val').json_file)\n"
     )
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(tmp_path / "fishnet_demo" / "annotations" / "instances_val.json")
+    assert out.stdout.strip() == str(
+        tmp_path / "fishnet_demo" / "annotations" / "instances_val.json"
+    )
     assert list(tmp_path.iterdir()) == []

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """The embedded demo, run by ``make demo``: no COCO and no GPU needed.
 
-Generates the synthetic shapes dataset (datasets/fishnet_demo, or $DETECTRON2_DATASETS/fishnet_demo),
-trains configs/Demo/mask_rcnn_fishnet_tiny_FPN_demo.yaml from scratch on CPU, evaluates COCO box and
-mask AP on its validation split, and writes to output/demo/: model_final.pth, predictions.png,
-losses.png, metrics.json and the log.
+Generates the synthetic shapes dataset (datasets/fishnet_demo, or
+$DETECTRON2_DATASETS/fishnet_demo), trains configs/Demo/mask_rcnn_fishnet_tiny_FPN_demo.yaml from
+scratch on CPU, evaluates COCO box and mask AP on its validation split, and writes to output/demo/:
+model_final.pth, predictions.png, losses.png, metrics.json and the log.
 
     python tools/demo.py [--output DIR] [--num-gpus N] [KEY VALUE ...]
 
@@ -17,7 +17,12 @@ import fishnet_d2.data  # noqa: F401  registers the demo datasets
 from fishnet_d2.demo import argument_parser, main
 from fishnet_d2.engine import launch
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "Demo" / "mask_rcnn_fishnet_tiny_FPN_demo.yaml"
+DEMO_CONFIG = (
+    Path(__file__).resolve().parents[1]
+    / "configs"
+    / "Demo"
+    / "mask_rcnn_fishnet_tiny_FPN_demo.yaml"
+)
 
 if __name__ == "__main__":
     args = argument_parser(default_config=str(DEMO_CONFIG)).parse_args()

@@ -6,7 +6,13 @@ Importing this package registers the demo's datasets ``fishnet_demo_train`` and
 """
 
 from .register import DEMO_DATASET_PREFIX, DEMO_SPEC, demo_dataset_root, register_synthetic_shapes
-from .shapes import SHAPE_CATEGORIES, ShapeImageParams, ShapeInstance, ShapesImage, render_shapes_image
+from .shapes import (
+    SHAPE_CATEGORIES,
+    ShapeImageParams,
+    ShapeInstance,
+    ShapesImage,
+    render_shapes_image,
+)
 from .synthetic import (
     SPLITS,
     SyntheticShapesSpec,

@@ -1,4 +1,5 @@
-"""Register synthetic shapes datasets in Detectron2's catalogs, generating them when first loaded."""
+"""Register synthetic shapes datasets in Detectron2's catalogs; they are generated when first
+loaded."""
 
 import os
 from pathlib import Path
@@ -23,7 +24,9 @@ _THING_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
 def demo_dataset_root() -> Path:
     """Where the demo dataset lives: ``$DETECTRON2_DATASETS/fishnet_demo``, by default
     ``datasets/fishnet_demo`` in the working directory (Detectron2's convention)."""
-    return Path(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))) / DEMO_DATASET_PREFIX
+    return (
+        Path(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))) / DEMO_DATASET_PREFIX
+    )
 
 
 def _load(name: str, root: Path, spec: SyntheticShapesSpec, split: str):
@@ -68,15 +71,17 @@ def register_synthetic_shapes(
         )
         if name in DatasetCatalog.list():
             registered = MetadataCatalog.get(name)
-            if getattr(registered, "synthetic_shapes_spec", None) != metadata["synthetic_shapes_spec"] or (
-                getattr(registered, "json_file", None) != metadata["json_file"]
-            ):
+            if getattr(registered, "synthetic_shapes_spec", None) != metadata[
+                "synthetic_shapes_spec"
+            ] or (getattr(registered, "json_file", None) != metadata["json_file"]):
                 raise ValueError(
                     f"dataset {name!r} is already registered with other data; "
                     "register this dataset under another prefix"
                 )
         else:
-            DatasetCatalog.register(name, lambda name=name, split=split: _load(name, root, spec, split))
+            DatasetCatalog.register(
+                name, lambda name=name, split=split: _load(name, root, spec, split)
+            )
             MetadataCatalog.get(name).set(**metadata)
         names[split] = name
     return names

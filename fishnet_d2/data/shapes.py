@@ -14,7 +14,13 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPE_CATEGORIES", "ShapeImageParams", "ShapeInstance", "ShapesImage", "render_shapes_image"]
+__all__ = [
+    "SHAPE_CATEGORIES",
+    "ShapeImageParams",
+    "ShapeInstance",
+    "ShapesImage",
+    "render_shapes_image",
+]
 
 # The categories, in the order of their (0-based, contiguous) class index.
 SHAPE_CATEGORIES: Tuple[str, ...] = ("circle", "square", "triangle", "star")
@@ -27,8 +33,14 @@ _STAR_INNER_RATIO = 0.45
 
 
 def _check_range(name: str, value: Sequence[int], low: int) -> None:
-    if len(value) != 2 or not all(isinstance(v, int) for v in value) or not low <= value[0] <= value[1]:
-        raise ValueError(f"{name}={tuple(value)!r}: must be two integers (min, max) with {low} <= min <= max")
+    if (
+        len(value) != 2
+        or not all(isinstance(v, int) for v in value)
+        or not low <= value[0] <= value[1]
+    ):
+        raise ValueError(
+            f"{name}={tuple(value)!r}: must be two integers (min, max) with {low} <= min <= max"
+        )
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ class ShapeImageParams:
     # An occluded shape is dropped (not painted) when fewer pixels than this remain visible ...
     min_visible_area: int = 64
     # ... or when less than this fraction of it remains visible.
-    min_visible_fraction: float = 0.4
+    min_visible_fraction: float = 0.5
     # Standard deviation of the Gaussian pixel noise, drawn per image in [0, max_noise_std].
     max_noise_std: float = 12.0
 
@@ -62,9 +74,13 @@ class ShapeImageParams:
                 f"{self.height}x{self.width} image (max <= {min(self.height, self.width)})"
             )
         if not isinstance(self.min_visible_area, int) or self.min_visible_area < 1:
-            raise ValueError(f"min_visible_area={self.min_visible_area!r}: must be an integer >= 1 (pixels)")
+            raise ValueError(
+                f"min_visible_area={self.min_visible_area!r}: must be an integer >= 1 (pixels)"
+            )
         if not 0.0 < self.min_visible_fraction <= 1.0:
-            raise ValueError(f"min_visible_fraction={self.min_visible_fraction!r}: must be in (0, 1]")
+            raise ValueError(
+                f"min_visible_fraction={self.min_visible_fraction!r}: must be in (0, 1]"
+            )
         if not 0.0 <= self.max_noise_std <= 64.0:
             raise ValueError(f"max_noise_std={self.max_noise_std!r}: must be in [0, 64]")
 
@@ -89,7 +105,9 @@ class ShapesImage:
     num_dropped: int  # shapes left out because too little of them would have been visible
 
 
-def _shape_mask(category: int, cx: float, cy: float, radius: float, angle: float, size: Tuple[int, int]):
+def _shape_mask(
+    category: int, cx: float, cy: float, radius: float, angle: float, size: Tuple[int, int]
+):
     height, width = size
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
@@ -117,7 +135,9 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255.0
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> Tuple[np.ndarray, List[np.ndarray]]:
+def _background(
+    rng: np.random.Generator, height: int, width: int
+) -> Tuple[np.ndarray, List[np.ndarray]]:
     """A plain or linear-gradient background, float (H, W, 3), and the colours it is made of."""
     base = rng.uniform(0.0, 255.0, size=3)
     if rng.uniform() < 0.5:

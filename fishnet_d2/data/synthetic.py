@@ -88,7 +88,10 @@ def _check_split(split: str) -> None:
 
 def coco_categories() -> List[Dict]:
     """The COCO ``categories``: ids 1..K in the order of SHAPE_CATEGORIES."""
-    return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CATEGORIES)]
+    return [
+        {"id": i + 1, "name": name, "supercategory": "shape"}
+        for i, name in enumerate(SHAPE_CATEGORIES)
+    ]
 
 
 def split_paths(root: PathLike, split: str) -> Tuple[Path, Path]:
@@ -112,15 +115,21 @@ def _annotation(mask: np.ndarray, category: int, image_id: int, annotation_id: i
         "id": annotation_id,
         "image_id": image_id,
         "category_id": category + 1,
-        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "segmentation": {
+            "size": [int(s) for s in rle["size"]],
+            "counts": rle["counts"].decode("ascii"),
+        },
         "area": int(mask.sum()),
         "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0],
         "iscrowd": 0,
     }
 
 
-def render_split(spec: SyntheticShapesSpec, split: str) -> Iterator[Tuple[str, bytes, Dict, List[Dict]]]:
-    """The images of one split, in order, as ``(file_name, png_bytes, coco_image, coco_annotations)``.
+def render_split(
+    spec: SyntheticShapesSpec, split: str
+) -> Iterator[Tuple[str, bytes, Dict, List[Dict]]]:
+    """The images of one split, in order, as
+    ``(file_name, png_bytes, coco_image, coco_annotations)``.
 
     Image ids run 1..N within the split, annotation ids 1..M.
     """
@@ -134,9 +143,16 @@ def render_split(spec: SyntheticShapesSpec, split: str) -> Iterator[Tuple[str, b
         file_name = f"{index:06d}.png"
         annotations = []
         for instance in rendered.instances:
-            annotations.append(_annotation(instance.mask, instance.category, image_id, annotation_id))
+            annotations.append(
+                _annotation(instance.mask, instance.category, image_id, annotation_id)
+            )
             annotation_id += 1
-        coco_image = {"id": image_id, "file_name": file_name, "height": params.height, "width": params.width}
+        coco_image = {
+            "id": image_id,
+            "file_name": file_name,
+            "height": params.height,
+            "width": params.width,
+        }
         yield file_name, _png_bytes(rendered.image), coco_image, annotations
 
 
@@ -160,7 +176,10 @@ def _write_dataset(directory: Path, spec: SyntheticShapesSpec) -> None:
             images.append(coco_image)
             annotations.extend(coco_annotations)
         coco = {
-            "info": {"description": f"fishnet_d2 synthetic shapes, {split} split", "version": str(GENERATOR_VERSION)},
+            "info": {
+                "description": f"fishnet_d2 synthetic shapes, {split} split",
+                "version": str(GENERATOR_VERSION),
+            },
             "licenses": [],
             "categories": coco_categories(),
             "images": images,
@@ -185,7 +204,10 @@ def is_complete(root: PathLike, spec: SyntheticShapesSpec) -> bool:
     manifest = _read_manifest(root)
     if not isinstance(manifest, dict):
         return False
-    if manifest.get("generator_version") != GENERATOR_VERSION or manifest.get("spec") != spec.to_dict():
+    if (
+        manifest.get("generator_version") != GENERATOR_VERSION
+        or manifest.get("spec") != spec.to_dict()
+    ):
         return False
     for relative, digest in manifest.get("files", {}).items():
         try:
@@ -197,7 +219,9 @@ def is_complete(root: PathLike, spec: SyntheticShapesSpec) -> bool:
     return bool(manifest.get("files"))
 
 
-def ensure_synthetic_shapes(root: PathLike, spec: SyntheticShapesSpec = SyntheticShapesSpec()) -> Path:
+def ensure_synthetic_shapes(
+    root: PathLike, spec: SyntheticShapesSpec = SyntheticShapesSpec()
+) -> Path:
     """Make ``root`` hold the dataset of ``spec`` and return ``root``.
 
     An existing complete dataset of the same spec is reused as is. One of another spec (or a
@@ -210,13 +234,18 @@ def ensure_synthetic_shapes(root: PathLike, spec: SyntheticShapesSpec = Syntheti
     root = Path(root)
     if is_complete(root, spec):
         return root
-    if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_manifest(root) is None)):
+    if root.exists() and (
+        not root.is_dir() or (any(root.iterdir()) and _read_manifest(root) is None)
+    ):
         raise ValueError(
             f"{root} exists but is not a synthetic shapes dataset (no readable {_MANIFEST}); "
             "remove it or choose another directory"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
-    logger.info(f"Writing the synthetic shapes dataset ({spec.num_train} train, {spec.num_val} val images) to {root}")
+    logger.info(
+        f"Writing the synthetic shapes dataset ({spec.num_train} train, {spec.num_val} val "
+        f"images) to {root}"
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         _write_dataset(tmp, spec)

@@ -4,6 +4,7 @@ import argparse
 import time
 from typing import Optional
 
+import torch
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
@@ -24,11 +25,26 @@ def argument_parser(default_config: str = "") -> argparse.ArgumentParser:
     )
     parser.set_defaults(config_file=default_config)
     parser.add_argument(
-        "--output", default=DEFAULT_OUTPUT, help=f"directory for the checkpoint, logs and pictures (default {DEFAULT_OUTPUT})"
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help=f"directory for the checkpoint, logs and pictures (default {DEFAULT_OUTPUT})",
     )
-    parser.add_argument("--num-images", type=int, default=6, help="validation images to draw in predictions.png")
     parser.add_argument(
-        "--score-threshold", type=float, default=0.5, help="draw predictions with at least this score"
+        "--num-images", type=int, default=6, help="validation images to draw in predictions.png"
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="draw predictions with at least this score",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of each process (default 1: the demo model's operations are too "
+        "small to gain from more, threads that compete for busy cores slow training down "
+        "severalfold, and the data loader worker uses another core)",
     )
     return parser
 
@@ -36,12 +52,19 @@ def argument_parser(default_config: str = "") -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> Optional[DemoResult]:
     """Train and evaluate the demo config, draw its pictures, and print the AP summary."""
     if not args.config_file:
-        raise ValueError("--config-file is empty: give the demo config, configs/Demo/mask_rcnn_fishnet_tiny_FPN_demo.yaml")
+        raise ValueError(
+            "--config-file is empty: give the demo config, "
+            "configs/Demo/mask_rcnn_fishnet_tiny_FPN_demo.yaml"
+        )
     if args.eval_only or args.resume:
         raise ValueError(
-            "the demo always trains from scratch; to evaluate its checkpoint run tools/train_net.py "
-            "--config-file CONFIG --eval-only MODEL.WEIGHTS output/demo/model_final.pth"
+            "the demo always trains from scratch; to evaluate its checkpoint run "
+            "tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS "
+            "output/demo/model_final.pth"
         )
+    if args.torch_threads < 1:
+        raise ValueError(f"--torch-threads={args.torch_threads}: must be >= 1")
+    torch.set_num_threads(args.torch_threads)
     args.opts = ["OUTPUT_DIR", args.output] + list(args.opts)
     start = time.perf_counter()
     cfg = setup(args)
@@ -49,11 +72,13 @@ def main(args: argparse.Namespace) -> Optional[DemoResult]:
     if not comm.is_main_process():
         return None
     print_csv_format(result.results)
-    print("\nCOCO metrics (percent) on " + ", ".join(cfg.DATASETS.TEST) + ":\n" + ap_table(result.results))
+    datasets = ", ".join(cfg.DATASETS.TEST)
+    print(f"\nCOCO metrics (percent) on {datasets}:\n{ap_table(result.results)}")
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     print(f"\nCheckpoint:  {result.checkpoint}")
     print(f"Predictions: {result.predictions_png}")
     print(f"Losses:      {result.losses_png}")
-    print(f"Time: {int(minutes)} min {seconds:.0f} s ({cfg.SOLVER.MAX_ITER} iterations of {cfg.SOLVER.IMS_PER_BATCH} images)")
+    iterations = f"{cfg.SOLVER.MAX_ITER} iterations of {cfg.SOLVER.IMS_PER_BATCH} images"
+    print(f"Time: {int(minutes)} min {seconds:.0f} s ({iterations})")
     print(f"\nDEMO RESULT  {result.summary}")
     return result

@@ -89,7 +89,9 @@ def prediction_panels(
         image = read_image(record["file_name"], format="RGB")
         instances = output["instances"].to("cpu")
         instances = instances[instances.scores >= score_threshold]
-        ground_truth = Visualizer(image, metadata, scale=scale, instance_mode=ColorMode.SEGMENTATION)
+        ground_truth = Visualizer(
+            image, metadata, scale=scale, instance_mode=ColorMode.SEGMENTATION
+        )
         prediction = Visualizer(image, metadata, scale=scale, instance_mode=ColorMode.SEGMENTATION)
         plain = Visualizer(image, metadata, scale=scale).output.get_image()
         panels.append(
@@ -104,7 +106,9 @@ def prediction_panels(
     return panels
 
 
-def save_prediction_figure(panels: Sequence[PredictionPanel], path: PathLike, *, score_threshold: float) -> Path:
+def save_prediction_figure(
+    panels: Sequence[PredictionPanel], path: PathLike, *, score_threshold: float
+) -> Path:
     """Save the panels as one PNG: per image, the ground truth and the predictions side by side,
     two images per row."""
     if not panels:
@@ -114,7 +118,10 @@ def save_prediction_figure(panels: Sequence[PredictionPanel], path: PathLike, *,
     height, width = panels[0].prediction.shape[:2]
     inches = 2.6
     figure = Figure(figsize=(2 * per_row * inches * width / height, rows * inches + 0.5), dpi=100)
-    figure.suptitle(f"Validation images: ground truth (left) and predictions with score >= {score_threshold:g} (right)")
+    figure.suptitle(
+        "Validation images: ground truth (left) and predictions with score >= "
+        f"{score_threshold:g} (right)"
+    )
     axes = figure.subplots(rows, 2 * per_row, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -154,7 +161,10 @@ def read_loss_history(metrics_json: PathLike) -> Dict[str, List[tuple]]:
             if _is_loss(key):
                 history.setdefault(key, []).append((record["iteration"], float(value)))
     if not history:
-        raise ValueError(f"{metrics_json} has no losses (keys 'total_loss' or 'loss_*'): was it written by a training run?")
+        raise ValueError(
+            f"{metrics_json} has no losses (keys 'total_loss' or 'loss_*'): was it written by a "
+            "training run?"
+        )
     return history
 
 
@@ -166,7 +176,13 @@ def save_loss_plot(metrics_json: PathLike, path: PathLike) -> Path:
     for name in sorted(history, key=lambda k: (k != "total_loss", k)):
         iterations, values = zip(*history[name])
         marker = "o" if len(iterations) < 10 else None
-        ax.plot(iterations, values, label=name, linewidth=2.5 if name == "total_loss" else 1.2, marker=marker)
+        ax.plot(
+            iterations,
+            values,
+            label=name,
+            linewidth=2.5 if name == "total_loss" else 1.2,
+            marker=marker,
+        )
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (median of the last 20 iterations)")

@@ -93,14 +93,23 @@ def train_and_evaluate(cfg: CfgNode) -> Tuple[torch.nn.Module, Dict]:
 def ap_table(results: Mapping) -> str:
     """The COCO metrics of every task in ``results`` as one table, a row per task."""
     columns = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-    rows = [[task] + [metrics.get(c, float("nan")) for c in columns] for task, metrics in results.items()]
-    return tabulate(rows, headers=["task"] + columns, tablefmt="pipe", floatfmt=".2f", numalign="right")
+    rows = [
+        [task] + [metrics.get(c, float("nan")) for c in columns]
+        for task, metrics in results.items()
+    ]
+    return tabulate(
+        rows, headers=["task"] + columns, tablefmt="pipe", floatfmt=".2f", numalign="right"
+    )
 
 
 def summary_line(results: Mapping, dataset_name: str) -> str:
     """One line with the COCO AP of each task in ``results``."""
     names = {"bbox": "box AP", "segm": "mask AP", "keypoints": "keypoint AP"}
-    parts = [f"{names.get(task, task + ' AP')} {metrics['AP']:.1f}" for task, metrics in results.items() if "AP" in metrics]
+    parts = [
+        f"{names.get(task, task + ' AP')} {metrics['AP']:.1f}"
+        for task, metrics in results.items()
+        if "AP" in metrics
+    ]
     return f"{dataset_name}: " + ", ".join(parts) + " (COCO AP@[.50:.95], percent)"
 
 
@@ -120,9 +129,15 @@ def draw_figures(
     output_dir = Path(cfg.OUTPUT_DIR)
     dataset_dicts = DatasetCatalog.get(dataset_name)[:num_images]
     panels = prediction_panels(
-        model, cfg, dataset_dicts, MetadataCatalog.get(dataset_name), score_threshold=score_threshold
+        model,
+        cfg,
+        dataset_dicts,
+        MetadataCatalog.get(dataset_name),
+        score_threshold=score_threshold,
     )
-    predictions_png = save_prediction_figure(panels, output_dir / PREDICTIONS_PNG, score_threshold=score_threshold)
+    predictions_png = save_prediction_figure(
+        panels, output_dir / PREDICTIONS_PNG, score_threshold=score_threshold
+    )
     losses_png = save_loss_plot(output_dir / "metrics.json", output_dir / LOSSES_PNG)
     return predictions_png, losses_png
 
@@ -142,6 +157,8 @@ def run_demo(cfg: CfgNode, *, num_images: int = 6, score_threshold: float = 0.5)
     if comm.is_main_process():
         if not checkpoint.is_file():
             raise RuntimeError(f"training finished but did not write {checkpoint}")
-        predictions_png, losses_png = draw_figures(model, cfg, num_images=num_images, score_threshold=score_threshold)
+        predictions_png, losses_png = draw_figures(
+            model, cfg, num_images=num_images, score_threshold=score_threshold
+        )
     comm.synchronize()
     return DemoResult(results, checkpoint, predictions_png, losses_png, summary)
