@@ -29,7 +29,8 @@ class Trainer(DefaultTrainer):
     * ``UNTIL_ITER`` rescaled with the other iteration counts when ``SOLVER.REFERENCE_WORLD_SIZE``
       differs from the number of processes (:meth:`auto_scale_workers`);
     * evaluators from the dataset's ``evaluator_type`` (:func:`fishnet_d2.evaluation.build_evaluator`);
-    * checkpoints read and written by :class:`fishnet_d2.checkpoint.FishNetCheckpointer`;
+    * checkpoints read and written by :class:`fishnet_d2.checkpoint.FishNetCheckpointer`, with the
+      optimizer's state;
     * DistributedDataParallel on CPU (GLOO, see :func:`fishnet_d2.engine.launch`).
     """
 
@@ -58,6 +59,18 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    # The trainer's state in checkpoints includes the optimizer's (SimpleTrainer.state_dict), as
+    # newer Detectron2's DefaultTrainer does; v0.6's saves only the iteration and hooks, so a
+    # resumed run would restart SGD's momentum from zero.
+    def state_dict(self) -> Dict:
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
 
     @staticmethod
     def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
