@@ -108,5 +108,6 @@ def test_sigkill_then_resume(demo_datasets, tmp_path):
     assert (output / "last_checkpoint").read_text() == "model_final.pth"
     extra = FishNetCheckpointer(build_model(cfg)).load(str(final))
     assert extra["iteration"] == extra["trainer"]["iteration"] == MAX_ITER - 1
-    # The LR scheduler's state; the optimizer's is tested in test_trainer_checkpointing.py.
+    # The LR scheduler's and the optimizer's (momentum buffers) states, for a further resume.
     assert extra["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == MAX_ITER
+    assert extra["trainer"]["_trainer"]["optimizer"]["state"], "no optimizer state"
