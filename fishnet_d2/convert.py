@@ -14,13 +14,13 @@ import argparse
 import os
 import pickle
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .atomic_file import atomic_write
 from .modeling import FISHNET_VARIANTS, FishNetArch
 from .official import infer_arch, official_layout, strip_module_prefix, variant_name
 
@@ -170,27 +170,12 @@ def save_d2_checkpoint(state_dict: Mapping[str, torch.Tensor], output: str, auth
     ``matching_heuristics`` lets one file initialise the plain backbone, the FPN backbone and the
     classifier alike (Detectron2 matches the keys by suffix).
     """
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if out.suffix == ".pkl":
-                model = {k: v.numpy() for k, v in state_dict.items()}
-                pickle.dump({"model": model, "__author__": author, "matching_heuristics": True}, f)
-            else:
-                torch.save(
-                    {"model": dict(state_dict), "__author__": author, "matching_heuristics": True}, f
-                )
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    content = {"model": dict(state_dict), "__author__": author, "matching_heuristics": True}
+    if Path(output).suffix == ".pkl":
+        content["model"] = {k: v.numpy() for k, v in state_dict.items()}
+        atomic_write(output, lambda f: pickle.dump(content, f))
+    else:
+        atomic_write(output, lambda f: torch.save(content, f))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
