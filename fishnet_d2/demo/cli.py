@@ -6,7 +6,6 @@ from typing import Optional
 
 import torch
 from detectron2.engine import default_argument_parser
-from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
 from ..engine import setup
@@ -71,7 +70,6 @@ def main(args: argparse.Namespace) -> Optional[DemoResult]:
     result = run_demo(cfg, num_images=args.num_images, score_threshold=args.score_threshold)
     if not comm.is_main_process():
         return None
-    print_csv_format(result.results)
     datasets = ", ".join(cfg.DATASETS.TEST)
     print(f"\nCOCO metrics (percent) on {datasets}:\n{ap_table(result.results)}")
     minutes, seconds = divmod(time.perf_counter() - start, 60)

@@ -74,16 +74,18 @@ def train_and_evaluate(cfg: CfgNode) -> Tuple[torch.nn.Module, Dict]:
     which saves ``OUTPUT_DIR/model_final.pth`` and evaluates ``DATASETS.TEST`` when it finishes.
 
     Returns:
-        the trained model (unwrapped from DistributedDataParallel) and the evaluation results.
+        the trained model (unwrapped from DistributedDataParallel) and the evaluation results
+        (task -> metric -> value; empty in all processes but the main one).
     """
-    _single_test_dataset(cfg)
+    dataset_name = _single_test_dataset(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    # The trainer's evaluation hook evaluates DATASETS.TEST after the last iteration.
-    results = getattr(trainer, "_last_eval_results", None)
-    if not results:
-        results = Trainer.test(cfg, trainer.model)
+    # DefaultTrainer's evaluation hook evaluated DATASETS.TEST after the last iteration and kept
+    # the results (in the main process) in _last_eval_results.
+    results = getattr(trainer, "_last_eval_results", None) or {}
+    if comm.is_main_process() and not results:
+        raise RuntimeError(f"training finished, but {dataset_name} was not evaluated")
     model = trainer.model
     if isinstance(model, DistributedDataParallel):
         model = model.module
@@ -152,9 +154,10 @@ def run_demo(cfg: CfgNode, *, num_images: int = 6, score_threshold: float = 0.5)
     comm.synchronize()
     model, results = train_and_evaluate(cfg)
     checkpoint = Path(cfg.OUTPUT_DIR) / f"{CHECKPOINT_NAME}.pth"
-    summary = summary_line(results, dataset_name)
+    summary = ""
     predictions_png = losses_png = None
     if comm.is_main_process():
+        summary = summary_line(results, dataset_name)
         if not checkpoint.is_file():
             raise RuntimeError(f"training finished but did not write {checkpoint}")
         predictions_png, losses_png = draw_figures(
