@@ -19,6 +19,7 @@ from fishnet_d2.demo import (
     argument_parser,
     main,
     prediction_panels,
+    setup_demo,
     prepare_datasets,
     read_loss_history,
     save_loss_plot,
@@ -178,8 +179,40 @@ def test_bad_demo_arguments_raise(tmp_path):
     parser = argument_parser(default_config=str(DEMO_CONFIG))
     with pytest.raises(ValueError, match="eval-only"):
         main(parser.parse_args(["--eval-only", "--output", str(tmp_path)]))
-    cfg = setup(
+    with pytest.raises(ValueError, match="torch-threads"):
+        main(parser.parse_args(["--torch-threads", "0", "--output", str(tmp_path)]))
+    cfg = setup_demo(
         parser.parse_args(["--output", str(tmp_path), "DATASETS.TEST", "('no_such_dataset',)"])
     )
     with pytest.raises(ValueError, match="no_such_dataset"):
         prepare_datasets(cfg)
+
+
+def test_demo_config_trains_from_scratch_on_the_demo_datasets(tmp_path):
+    cfg = setup_demo(argument_parser(str(DEMO_CONFIG)).parse_args(["--output", str(tmp_path)]))
+    assert cfg.OUTPUT_DIR == str(tmp_path)
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.DEVICE == "cpu"
+    fish = cfg.MODEL.FISHNET
+    assert fish.DEPTH == 0 and fish.NORM == "BN" and fish.FREEZE_AT == 0
+    assert fish.FREEZE_STEM_CONV1 is False
+    assert cfg.MODEL.FPN.IN_FEATURES == ["head2", "head3", "head4", "head5"]
+    assert set(cfg.MODEL.FPN.IN_FEATURES) <= set(fish.OUT_FEATURES)
+    assert cfg.MODEL.MASK_ON and cfg.INPUT.MASK_FORMAT == "bitmask"
+    assert cfg.DATASETS.TRAIN == ("fishnet_demo_train",) and cfg.DATASETS.TEST == (
+        "fishnet_demo_val",
+    )
+    assert cfg.SEED >= 0
+
+
+def test_demo_training_is_deterministic(demo_run, tmp_path):
+    result, _, _ = demo_run
+    args = argument_parser(default_config=str(DEMO_CONFIG)).parse_args(
+        ["--output", str(tmp_path), "--num-images", "1", *_tiny_opts()]
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        again = main(args)
+    first = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["model"]
+    second = torch.load(again.checkpoint, map_location="cpu", weights_only=False)["model"]
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert again.summary == result.summary

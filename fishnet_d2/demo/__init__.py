@@ -1,7 +1,7 @@
 """The embedded demo (``make demo``): train a small FishNet Mask R-CNN on the synthetic shapes
 dataset (:mod:`fishnet_d2.data`) on CPU, evaluate it, and draw its predictions and losses."""
 
-from .cli import argument_parser, main
+from .cli import argument_parser, main, setup_demo
 from .figures import (
     PredictionPanel,
     prediction_panels,
@@ -22,6 +22,7 @@ from .pipeline import (
 __all__ = [
     "argument_parser",
     "main",
+    "setup_demo",
     "PredictionPanel",
     "prediction_panels",
     "read_loss_history",

@@ -1,17 +1,19 @@
 """What ``tools/demo.py`` runs: its command line and ``main``."""
 
 import argparse
+import copy
 import time
 from typing import Optional
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
 from ..engine import setup
 from .pipeline import DemoResult, ap_table, run_demo
 
-__all__ = ["argument_parser", "main"]
+__all__ = ["argument_parser", "setup_demo", "main"]
 
 DEFAULT_OUTPUT = "output/demo"
 
@@ -48,8 +50,9 @@ def argument_parser(default_config: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> Optional[DemoResult]:
-    """Train and evaluate the demo config, draw its pictures, and print the AP summary."""
+def setup_demo(args: argparse.Namespace) -> CfgNode:
+    """The demo's config from its command line: ``fishnet_d2.engine.setup`` (as
+    ``tools/train_net.py``) with ``OUTPUT_DIR`` from ``--output``; sets the torch threads."""
     if not args.config_file:
         raise ValueError(
             "--config-file is empty: give the demo config, "
@@ -57,16 +60,22 @@ def main(args: argparse.Namespace) -> Optional[DemoResult]:
         )
     if args.eval_only or args.resume:
         raise ValueError(
-            "the demo always trains from scratch; to evaluate its checkpoint run "
-            "tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS "
+            "the demo always trains from scratch (no --eval-only, no --resume); to evaluate its "
+            "checkpoint run tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS "
             "output/demo/model_final.pth"
         )
     if args.torch_threads < 1:
         raise ValueError(f"--torch-threads={args.torch_threads}: must be >= 1")
     torch.set_num_threads(args.torch_threads)
+    args = copy.copy(args)
     args.opts = ["OUTPUT_DIR", args.output] + list(args.opts)
+    return setup(args)
+
+
+def main(args: argparse.Namespace) -> Optional[DemoResult]:
+    """Train and evaluate the demo config, draw its pictures, and print the AP summary."""
     start = time.perf_counter()
-    cfg = setup(args)
+    cfg = setup_demo(args)
     result = run_demo(cfg, num_images=args.num_images, score_threshold=args.score_threshold)
     if not comm.is_main_process():
         return None
