@@ -9,6 +9,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..engine import setup
 from .pipeline import DemoResult, ap_table, run_demo
@@ -69,7 +70,12 @@ def setup_demo(args: argparse.Namespace) -> CfgNode:
     torch.set_num_threads(args.torch_threads)
     args = copy.copy(args)
     args.opts = ["OUTPUT_DIR", args.output] + list(args.opts)
-    return setup(args)
+    cfg = setup(args)
+    # fishnet_d2's own messages (dataset generation, ...) next to Detectron2's, and in log.txt
+    setup_logger(
+        cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fishnet_d2", abbrev_name="fd2"
+    )
+    return cfg
 
 
 def main(args: argparse.Namespace) -> Optional[DemoResult]:
