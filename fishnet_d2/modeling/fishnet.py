@@ -71,27 +71,35 @@ class FishNet(Backbone):
         self._out_feature_strides: Dict[str, int] = {}
         self._out_feature_channels: Dict[str, int] = {}
         n = arch.num_stages
-        self._size_divisibility = 2 ** (2 + n)  # the stride of the bridge, the lowest resolution
 
         self.stem = FishStem(in_channels, arch.stem_channels, norm=norm)
         self._record(self.stem.name, self.stem.level, arch.stem_channels)
 
+        # Levels (log2 of the stride): the tail goes down from the stem's 2 to the bridge's,
+        # the body back up to 2, the head down again.
+        bridge_level = 2 + n
+        tail_levels = range(3, bridge_level + 1)
+        body_levels = range(bridge_level - 1, 1, -1)
+        head_levels = range(3, bridge_level + 1)
+
         tail: List[TailStage] = []
         channels = arch.stem_channels
-        for i in range(n):
+        for i, level in enumerate(tail_levels):
             stage = TailStage(
-                channels, arch.tail_channels[i], arch.tail_blocks[i], level=3 + i, norm=norm
+                channels, arch.tail_channels[i], arch.tail_blocks[i], level=level, norm=norm
             )
             self._record(stage.name, stage.level, stage.out_channels)
             channels = stage.out_channels
             tail.append(stage)
         self.tail = nn.ModuleList(tail)
 
-        self.bridge = Bridge(channels, arch.bridge_blocks, level=2 + n, norm=norm)
+        self.bridge = Bridge(channels, arch.bridge_blocks, level=bridge_level, norm=norm)
+        # Inputs must reach the bridge's (lowest) resolution without remainders.
+        self._size_divisibility = 2**bridge_level
         self._record(self.bridge.name, self.bridge.level, channels)
 
         body: List[UpRefinementStage] = []
-        for i in range(n):
+        for i, level in enumerate(body_levels):
             stage = UpRefinementStage(
                 arch.body_in_channels[i],
                 arch.body_channels[i],
@@ -99,7 +107,7 @@ class FishNet(Backbone):
                 num_blocks=arch.body_blocks[i],
                 num_transfer_blocks=arch.body_transfer_blocks[i],
                 dilation=arch.body_dilations[i],
-                level=1 + n - i,
+                level=level,
                 norm=norm,
             )
             self._record(stage.name, stage.level, stage.out_channels)
@@ -107,14 +115,14 @@ class FishNet(Backbone):
         self.body = nn.ModuleList(body)
 
         head: List[DownRefinementStage] = []
-        for i in range(n):
+        for i, level in enumerate(head_levels):
             stage = DownRefinementStage(
                 arch.head_in_channels[i],
                 arch.head_channels[i],
                 arch.head_lateral_channels[i],
                 num_blocks=arch.head_blocks[i],
                 num_transfer_blocks=arch.head_transfer_blocks[i],
-                level=3 + i,
+                level=level,
                 norm=norm,
             )
             head.append(stage)
@@ -131,7 +139,7 @@ class FishNet(Backbone):
                 arch.head_out_channels[-1], num_classes, global_pool=True, norm=norm
             )
             self._out_feature_channels["linear"] = num_classes
-            self._out_feature_strides["linear"] = 2 ** (2 + n)
+            self._out_feature_strides["linear"] = 2**bridge_level
         else:
             self.classifier = None
 

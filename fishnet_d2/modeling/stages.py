@@ -20,7 +20,14 @@ from .blocks import (
 )
 from detectron2.layers import CNNBlockBase
 
-__all__ = ["FishStem", "TailStage", "Bridge", "UpRefinementStage", "DownRefinementStage"]
+__all__ = [
+    "FishStem",
+    "TailStage",
+    "Bridge",
+    "RefinementStage",
+    "UpRefinementStage",
+    "DownRefinementStage",
+]
 
 
 def residual_blocks(
@@ -128,7 +135,41 @@ class Bridge(CNNBlockBase):
         return self.blocks(s) * a + a
 
 
-class UpRefinementStage(CNNBlockBase):
+class RefinementStage(CNNBlockBase):
+    """What UR- and DR-blocks share: residual blocks ``refine`` that refine the incoming map ``x``
+    (``M`` and its shortcut), and transfer blocks ``T`` that carry ``lateral`` over from the
+    previous part; the output concatenates the two. Subclasses resample and concatenate."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        refined_channels: int,
+        lateral_channels: int,
+        *,
+        num_blocks: int,
+        num_transfer_blocks: int,
+        first_shortcut: nn.Module,
+        dilation: int,
+        name: str,
+        level: int,
+        stride: int,
+        norm: Norm,
+    ):
+        super().__init__(in_channels, refined_channels + lateral_channels, stride)
+        self.name = name
+        self.level = level
+        self.refine = residual_blocks(
+            in_channels,
+            refined_channels,
+            num_blocks,
+            first_shortcut=first_shortcut,
+            dilation=dilation,
+            norm=norm,
+        )
+        self.transfer = transfer_blocks(lateral_channels, num_transfer_blocks, norm)
+
+
+class UpRefinementStage(RefinementStage):
     """A body stage, the UR-block: ``concat(up(r(x) + M(x)), T(lateral))`` (paper, eq. 5-7).
 
     ``x`` is the previous body stage's output (or the bridge's); ``lateral`` is the tail feature at
@@ -150,26 +191,27 @@ class UpRefinementStage(CNNBlockBase):
         level: int,
         norm: Norm = "BN",
     ):
-        super().__init__(in_channels, refined_channels + lateral_channels, stride=1)
-        self.name = f"body{level}"
-        self.level = level
         k = in_channels // refined_channels
-        self.refine = residual_blocks(
+        super().__init__(
             in_channels,
             refined_channels,
-            num_blocks,
+            lateral_channels,
+            num_blocks=num_blocks,
+            num_transfer_blocks=num_transfer_blocks,
             first_shortcut=ChannelSumReduction(k) if k > 1 else nn.Identity(),
             dilation=dilation,
+            name=f"body{level}",
+            level=level,
+            stride=1,  # it up-samples x2
             norm=norm,
         )
-        self.transfer = transfer_blocks(lateral_channels, num_transfer_blocks, norm)
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(self.refine(x), scale_factor=2.0, mode="nearest")
         return torch.cat([up, self.transfer(lateral)], dim=1)
 
 
-class DownRefinementStage(CNNBlockBase):
+class DownRefinementStage(RefinementStage):
     """A head stage, the DR-block: ``concat(down(x + M(x)), T(lateral))`` (paper, eq. 9).
 
     ``x`` is the previous head stage's output (or the last body stage's); ``lateral`` is the body
@@ -191,19 +233,21 @@ class DownRefinementStage(CNNBlockBase):
         level: int,
         norm: Norm = "BN",
     ):
-        super().__init__(in_channels, refined_channels + lateral_channels, stride=2)
-        self.name = f"head{level}"
-        self.level = level
-        # The official variants never change the width here; a custom one may (as the official
-        # code allows), through a projection.
-        self.refine = residual_blocks(
+        super().__init__(
             in_channels,
             refined_channels,
-            num_blocks,
+            lateral_channels,
+            num_blocks=num_blocks,
+            num_transfer_blocks=num_transfer_blocks,
+            # The official variants never change the width here; a custom one may (as the
+            # official code allows), through a projection.
             first_shortcut=projection_or_identity(in_channels, refined_channels, norm),
+            dilation=1,
+            name=f"head{level}",
+            level=level,
+            stride=2,
             norm=norm,
         )
-        self.transfer = transfer_blocks(lateral_channels, num_transfer_blocks, norm)
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         refined = self.refine(x)
