@@ -15,7 +15,7 @@ from pathlib import Path
 
 import fishnet_d2.data  # noqa: F401  registers the demo datasets
 from fishnet_d2.demo import argument_parser, main
-from fishnet_d2.engine import launch
+from fishnet_d2.engine import launch_from_args
 
 DEMO_CONFIG = (
     Path(__file__).resolve().parents[1]
@@ -27,11 +27,4 @@ DEMO_CONFIG = (
 if __name__ == "__main__":
     args = argument_parser(default_config=str(DEMO_CONFIG)).parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)

@@ -12,16 +12,9 @@ Everything it does is in fishnet_d2.engine (Trainer, setup, main, launch).
 from detectron2.engine import default_argument_parser
 
 import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
-from fishnet_d2.engine import launch, main
+from fishnet_d2.engine import launch_from_args, main
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["launch"]
+__all__ = ["launch", "launch_from_args"]
 
 _DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -72,6 +72,19 @@ def launch(
         nprocs=num_gpus_per_machine,
         args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
         daemon=False,
+    )
+
+
+def launch_from_args(main_func: Callable[..., Any], args: Any) -> None:
+    """``launch(main_func, ...)`` with the processes that the command-line ``args`` (from
+    Detectron2's ``default_argument_parser``) ask for; ``main_func`` receives ``args``."""
+    launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
     )
 
 
