@@ -10,6 +10,7 @@ from torch import nn
 
 from .arch import FishNetArch
 from .blocks import Norm, ScoreUnit
+from .recompute import recompute_in_backward
 from .stages import Bridge, DownRefinementStage, FishStem, TailStage, UpRefinementStage
 
 __all__ = ["FishNet"]
@@ -214,31 +215,61 @@ class FishNet(Backbone):
             dict of the requested features.
         """
         self._check_input(x)
+        # With activation checkpointing, each stage keeps only its inputs for the backward pass.
+        # (TorchScript leaves out the branches after `not torch.jit.is_scripting() and`: a
+        # scripted FishNet never checkpoints.)
+        recompute = self._recompute_in_backward()
         features: Dict[str, torch.Tensor] = {}
-        x = self.stem(x)
+        if not torch.jit.is_scripting() and recompute:
+            x = recompute_in_backward(self.stem, x)
+        else:
+            x = self.stem(x)
         features[self.stem.name] = x
         # The transfer blocks of a body stage read the tail (or stem) feature at the stage's
         # output resolution; those of a head stage read the body (or bridge) feature.
         tail_by_level: Dict[int, torch.Tensor] = {self.stem.level: x}
         for stage in self.tail:
-            x = stage(x)
+            if not torch.jit.is_scripting() and recompute:
+                x = recompute_in_backward(stage, x)
+            else:
+                x = stage(x)
             features[stage.name] = x
             tail_by_level[stage.level] = x
-        x = self.bridge(x)
+        if not torch.jit.is_scripting() and recompute:
+            x = recompute_in_backward(self.bridge, x)
+        else:
+            x = self.bridge(x)
         features[self.bridge.name] = x
         body_by_level: Dict[int, torch.Tensor] = {self.bridge.level: x}
         for stage in self.body:
-            x = stage(x, tail_by_level[stage.level])
+            lateral = tail_by_level[stage.level]
+            if not torch.jit.is_scripting() and recompute:
+                x = recompute_in_backward(stage, x, lateral)
+            else:
+                x = stage(x, lateral)
             features[stage.name] = x
             body_by_level[stage.level] = x
         for i, stage in enumerate(self.head):
-            refined, x = stage(x, body_by_level[stage.level])
+            lateral = body_by_level[stage.level]
+            if not torch.jit.is_scripting() and recompute:
+                refined, x = recompute_in_backward(stage, x, lateral)
+            else:
+                refined, x = stage(x, lateral)
             if i == 0:
                 features[self._head_refined_name] = refined
             features[stage.name] = x
         if self.classifier is not None:
             features["linear"] = self.classifier(x).flatten(1)
         return {name: features[name] for name in self._out_features}
+
+    def _recompute_in_backward(self) -> bool:
+        """Whether this forward checkpoints its stages: only when training with autograd on."""
+        return (
+            self.activation_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and not torch.jit.is_tracing()
+        )
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -1,0 +1,165 @@
+"""FishNet's fast paths compute what the plain model computes: activation checkpointing
+(MODEL.FISHNET.CHECKPOINT) and torch.compile."""
+
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import build_backbone
+from torch import nn
+
+from fishnet_d2 import FishNet, FishNetArch
+
+from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .synthetic_inputs import one_torch_thread  # noqa: F401  (tiny models: one torch thread)
+
+TINY = FishNetArch(
+    **{key.lower(): tuple(v) if isinstance(v, list) else v for key, v in TINY_ARCH.items()}
+)
+ALL_FEATURES = [
+    "stem", "tail3", "tail4", "tail5", "bridge",
+    "body4", "body3", "body2", "head2", "head3", "head4", "head5",
+]  # fmt: skip
+
+
+def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Statistics and affine parameters away from the identity, so that norms matter."""
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d, nn.GroupNorm)):
+            c = module.weight.shape[0]
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=g))
+                if hasattr(module, "running_mean"):
+                    module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                    module.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return model
+
+
+def train_step(model: nn.Module, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+    """Outputs and parameter gradients of one forward + backward (a loss that weighs every
+    output element differently)."""
+    model.zero_grad(set_to_none=True)
+    outputs = model(x)
+    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outputs.values())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    return {k: v.detach() for k, v in outputs.items()}, grads
+
+
+def assert_same(a, b, **tolerance) -> None:
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        a, b = list(a.values()), list(b.values())
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, **tolerance)
+
+
+def assert_close_to_scale(a, b, rel: float = 1e-4) -> None:
+    """Equal up to ``rel`` of the largest magnitude (another convolution algorithm rounds
+    differently; the golden test's criterion)."""
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        a, b = list(a.values()), list(b.values())
+    for x, y in zip(a, b):
+        assert x.shape == y.shape
+        assert (x - y).abs().max() <= rel * y.abs().max(), ((x - y).abs().max(), y.abs().max())
+
+
+def flat(tensors: List[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def twin_models(norm: str, **kwargs) -> Tuple[FishNet, FishNet]:
+    """A plain FishNet and one with ``kwargs``, with the same weights and statistics."""
+    torch.manual_seed(0)
+    plain = randomize_norms(FishNet(TINY, norm=norm, out_features=ALL_FEATURES))
+    other = FishNet(TINY, norm=norm, out_features=ALL_FEATURES, **kwargs)
+    other.load_state_dict(plain.state_dict())
+    return plain, other
+
+
+# --- activation checkpointing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN", ""])
+def test_checkpointing_equals_plain_model(norm):
+    plain, checkpointed = twin_models(norm, activation_checkpointing=True)
+    x = torch.randn(2, 3, 64, 96)
+    for _ in range(2):  # BatchNorm's running statistics after two steps
+        outputs, grads = train_step(plain.train(), x)
+        ckpt_outputs, ckpt_grads = train_step(checkpointed.train(), x)
+        assert_same(ckpt_outputs, outputs, rtol=0, atol=0)
+        assert_same(ckpt_grads, grads)
+    assert_same(dict(checkpointed.named_buffers()), dict(plain.named_buffers()), rtol=0, atol=0)
+
+
+def count_stage_calls(model: FishNet) -> Dict[str, int]:
+    """Calls of each stage's forward, counted as they start (a recomputation stops as soon as it
+    has what backward needs)."""
+    calls = {}
+    for stage in model.stages():
+        calls[stage.name] = 0
+        stage.register_forward_pre_hook(lambda m, i: calls.__setitem__(m.name, calls[m.name] + 1))
+    return calls
+
+
+def test_checkpointing_from_config_recomputes_each_stage_in_training_only():
+    cfg = use_tiny_arch(fishnet_cfg())
+    cfg.MODEL.FISHNET.OUT_FEATURES = ["head2", "head3", "head4", "head5"]
+    cfg.MODEL.FISHNET.CHECKPOINT = True
+    model = build_backbone(cfg, ShapeSpec(channels=3))
+    assert model.activation_checkpointing
+    calls = count_stage_calls(model)
+    x = torch.randn(1, 3, 64, 64)
+    train_step(model.train(), x)
+    assert set(calls.values()) == {2}, calls  # forward, and again in backward
+    for reset in calls:
+        calls[reset] = 0
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model(x)
+    assert set(calls.values()) == {2}, calls  # once each: no recomputation outside training
+    assert not build_backbone(fishnet_cfg(), ShapeSpec(channels=3)).activation_checkpointing
+
+
+def test_checkpointed_model_scripts_and_traces():
+    plain, checkpointed = twin_models("FrozenBN", activation_checkpointing=True)
+    checkpointed.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = plain.eval()(x)
+        scripted = torch.jit.script(checkpointed)(x)
+        traced = torch.jit.trace(checkpointed, x, strict=False)(x)
+    assert_same(scripted, expected, rtol=0, atol=0)
+    assert_same(traced, expected, rtol=0, atol=0)
+
+
+# --- torch.compile --------------------------------------------------------------------------------
+
+# "aot_eager": Dynamo captures the model as one graph (fullgraph=True fails on any graph break)
+# and AOTAutograd traces its backward, as with the default "inductor" backend, which would then
+# spend about a minute compiling C++ kernels on a 2-core CPU for the same graph.
+requires_compile = pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile missing")
+
+
+@requires_compile
+@pytest.mark.parametrize("norm, activation_checkpointing", [("FrozenBN", False), ("FrozenBN", True), ("BN", True)])
+def test_compile_fullgraph_equals_eager(norm, activation_checkpointing):
+    torch._dynamo.reset()
+    plain, model = twin_models(norm, activation_checkpointing=activation_checkpointing)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 64, 96)
+    outputs, grads = train_step(plain.train(), x)
+    compiled_outputs, compiled_grads = train_step(compiled.train(), x)
+    # The compiled graph may pick other convolution algorithms or memory formats.
+    assert_close_to_scale(compiled_outputs, outputs)
+    assert_close_to_scale([flat(compiled_grads)], [flat(grads)])
+    # BatchNorm's running statistics: updated once, also when the compiled backward recomputes.
+    assert_close_to_scale(list(model.buffers()), list(plain.buffers()))
+    with torch.no_grad():
+        assert_close_to_scale(compiled.eval()(x), plain.eval()(x))
