@@ -1,15 +1,22 @@
-"""FishNet's fast paths compute what the plain model computes: activation checkpointing
-(MODEL.FISHNET.CHECKPOINT) and torch.compile."""
+"""FishNet's fast paths compute what the plain model computes: in-place pre-activations, fused
+FrozenBN, activation checkpointing (MODEL.FISHNET.CHECKPOINT) and torch.compile."""
 
 from typing import Dict, List, Tuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone
 from torch import nn
 
 from fishnet_d2 import FishNet, FishNetArch
+from fishnet_d2.modeling.blocks import (
+    ChannelSumReduction,
+    FusedFrozenBatchNorm2d,
+    PreActBottleneck,
+    PreActProjection,
+)
 
 from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
 from .synthetic_inputs import one_torch_thread  # noqa: F401  (tiny models: one torch thread)
@@ -80,6 +87,63 @@ def twin_models(norm: str, **kwargs) -> Tuple[FishNet, FishNet]:
     other = FishNet(TINY, norm=norm, out_features=ALL_FEATURES, **kwargs)
     other.load_state_dict(plain.state_dict())
     return plain, other
+
+
+# --- pre-activation blocks: in-place ReLU, fused FrozenBN ----------------------------------------
+
+
+def reference_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(norm, FusedFrozenBatchNorm2d):
+        return FrozenBatchNorm2d.forward(norm, x)  # Detectron2's
+    return norm(x)
+
+
+def reference_bottleneck(block: PreActBottleneck, x: torch.Tensor) -> torch.Tensor:
+    """The bottleneck as the paper writes it, out of place, with Detectron2's FrozenBN."""
+    out = block.conv1(F.relu(reference_norm(block.norm1, x)))
+    out = block.conv2(F.relu(reference_norm(block.norm2, out)))
+    out = block.conv3(F.relu(reference_norm(block.norm3, out)))
+    if isinstance(block.shortcut, PreActProjection):
+        return out + block.shortcut.conv(F.relu(reference_norm(block.shortcut.norm, x)))
+    return out + block.shortcut(x)
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN", "GN", ""])
+@pytest.mark.parametrize("shortcut", ["identity", "projection", "channel sum"])
+@pytest.mark.parametrize("training", [True, False])
+def test_bottleneck_equals_reference(norm, shortcut, training):
+    c_in, c_out = {"identity": (32, 32), "projection": (16, 32), "channel sum": (64, 32)}[shortcut]
+    module = {
+        "identity": nn.Identity(),
+        "projection": PreActProjection(c_in, c_out, norm=norm),
+        "channel sum": ChannelSumReduction(2),
+    }[shortcut]
+    torch.manual_seed(0)
+    block = randomize_norms(PreActBottleneck(c_in, c_out, shortcut=module, norm=norm))
+    block.train(training)
+    # x has negative entries: a ReLU that overwrote x would change what the shortcut reads.
+    x = torch.randn(2, c_in, 8, 12, requires_grad=True)
+    expected = reference_bottleneck(block, x)
+    (expected_grad,) = torch.autograd.grad(expected.pow(2).sum(), x)
+    got = block(x)
+    (got_grad,) = torch.autograd.grad(got.pow(2).sum(), x)
+    # Fused FrozenBN rounds once where Detectron2's rounds twice.
+    assert_close_to_scale([got, got_grad], [expected, expected_grad], rel=1e-5)
+    assert x.min() < 0 and not torch.equal(x, F.relu(x))  # the input was left alone
+
+
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_fused_frozen_batchnorm_equals_detectron2s(requires_grad):
+    fused = randomize_norms(FusedFrozenBatchNorm2d(16))
+    reference = FrozenBatchNorm2d(16)
+    reference.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 16, 5, 7, requires_grad=requires_grad)
+    torch.testing.assert_close(fused(x), reference(x))
+    if requires_grad:
+        (got,) = torch.autograd.grad(fused(x).pow(2).sum(), x)
+        (expected,) = torch.autograd.grad(reference(x).pow(2).sum(), x)
+        torch.testing.assert_close(got, expected)
+    assert FishNet(TINY, norm="FrozenBN").stem.conv2.norm.__class__ is FusedFrozenBatchNorm2d
 
 
 # --- activation checkpointing -------------------------------------------------------------------
