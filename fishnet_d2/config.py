@@ -39,6 +39,10 @@ def add_fishnet_config(cfg: CN) -> None:
     # Activation checkpointing: recompute each stage's activations in the backward pass instead
     # of keeping them. Saves training memory for extra compute; off in the paper.
     _C.MODEL.FISHNET.CHECKPOINT = False
+    # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
+    # run fastest on (docs/performance.md). The features keep that format (same shapes), so
+    # the FPN and heads on them run in it too. False: the input's format (NCHW).
+    _C.MODEL.FISHNET.CHANNELS_LAST = True
 
     # A custom architecture, used when DEPTH is 0; every list has one entry per stage of its part
     # (all the same length n, 3 in the official variants). Empty lists leave DEPTH in charge.

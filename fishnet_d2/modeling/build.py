@@ -111,6 +111,7 @@ def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
             freeze_at      = fish.FREEZE_AT,
             freeze_stem_conv1 = fish.FREEZE_STEM_CONV1,
             activation_checkpointing = fish.CHECKPOINT,
+            channels_last  = fish.CHANNELS_LAST,
         )  # fmt: skip
     except ValueError as e:
         raise ValueError(f"MODEL.FISHNET.OUT_FEATURES: {e}") from None
