@@ -1,0 +1,94 @@
+"""tools/benchmark.py's measuring parts: peak memory, FLOPs, paired ratios, arguments. (Nothing
+here times anything.)"""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from .common import REPO
+
+sys.path.insert(0, str(REPO / "tools"))
+from benchmark import parse_args  # noqa: E402
+from benchmarking.measure import count_flops, peak_memory  # noqa: E402
+from benchmarking.models import parse_models  # noqa: E402
+from benchmarking.report import markdown, ratios  # noqa: E402
+
+
+def test_peak_memory_on_cpu_is_the_most_allocated_at_once():
+    kept = []
+
+    def allocate():
+        a = torch.empty(1_000_000)  # 4 MB
+        b = torch.empty(2_000_000)  # 8 MB: 12 MB together
+        del a, b
+        kept.append(torch.empty(2_500_000))  # 10 MB, still allocated at the end
+
+    peak = peak_memory(allocate, "cpu")
+    assert 12_000_000 <= peak < 12_100_000
+
+    def free_then_allocate():
+        kept.pop()  # allocated before: its free does not lower the count
+        torch.empty(1_000_000)
+
+    assert 4_000_000 <= peak_memory(free_then_allocate, "cpu") < 4_100_000
+
+
+def test_flops_count_one_multiply_add_as_one():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    assert count_flops(conv, torch.zeros(1, 3, 16, 16))["total"] == 8 * 3 * 9 * 16 * 16
+
+
+def result(times, memory=None):
+    return {"times": {"backbone_train": times}, "memory": {"backbone_train": memory}}
+
+
+def test_ratios_are_medians_of_paired_rounds():
+    results = {
+        "FishNet-150": result([2.0, 9.0, 3.0], memory=500),
+        "R-101": result([2.0, 10.0, 2.0]),
+        "FishNet-150 ckpt": result([3.0, 9.9, 3.3], memory=250),
+    }
+    out = {r["label"]: r for r in ratios(results)}
+    vs_resnet = out["FishNet-150 / R-101, backbone fwd+bwd time"]
+    assert vs_resnet["value"] == pytest.approx(1.0)  # rounds: 1.0, 0.9, 1.5
+    assert vs_resnet["met"]
+    ckpt_time = out["FishNet-150 ckpt / FishNet-150, backbone fwd+bwd time"]
+    assert ckpt_time["value"] == pytest.approx(1.1) and ckpt_time["met"]
+    ckpt_memory = out["FishNet-150 ckpt / FishNet-150, backbone training peak memory"]
+    assert ckpt_memory["value"] == pytest.approx(0.5) and ckpt_memory["met"]
+    assert not any("R-50" in label for label in out)  # not measured: no ratio
+
+
+def test_bad_arguments_name_what_is_allowed():
+    with pytest.raises(ValueError, match="allowed: .*fishnet150"):
+        parse_models(["fishnet151"])
+    with pytest.raises(ValueError, match="multiples of 32"):
+        parse_args(["--size", "500", "640"])
+    with pytest.raises(ValueError, match="--device gpu: allowed"):
+        parse_args(["--device", "gpu"])
+    quick = parse_args(["--quick"])
+    assert quick.reps == 1 and tuple(quick.size) == (128, 160)
+    assert parse_args(["--quick", "--reps", "3"]).reps == 3
+
+
+def test_markdown_table_has_every_model_and_ratio():
+    report = {
+        "environment": {"device": "CPU", "threads": 2, "torch": "t", "detectron2": "d",
+                        "load_min": 0.1, "load_max": 0.5},  # fmt: skip
+        "args": {"size": [512, 640], "det_size": [800, 1216], "batch": 2, "reps": 3, "warmup": 1},
+        "results": {
+            name: {
+                "params": {"backbone": 1e6, "model": 2e6},
+                "flops": {"backbone_size": 1e9},
+                "summary": {"backbone_train": {"median": 1.5}},
+                "memory": {"backbone_train": 2**20},
+            }
+            for name in ("FishNet-150", "R-101")
+        },
+        "ratios": [{"label": "FishNet-150 / R-101, x", "value": 0.9, "target": 1.0, "met": True}],
+    }
+    text = markdown(report)
+    assert "| FishNet-150 | 1.50 | 1500.00 |" in text and "| R-101 |" in text
+    assert "| FishNet-150 / R-101, x | 0.900 | <= 1.0 (met) |" in text

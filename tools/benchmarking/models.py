@@ -1,0 +1,176 @@
+"""The models the benchmark compares, built from the configs their users train with, and the
+inputs it feeds them."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from detectron2.modeling.backbone.resnet import BasicStem, ResNet
+from detectron2.structures import BitMasks, Boxes, Instances
+from torch import nn
+
+from fishnet_d2 import FISHNET_VARIANTS, FishNet, add_fishnet_config
+
+__all__ = ["ModelSpec", "MODEL_SPECS", "parse_models", "build_detector", "imagenet_classifier"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Mask R-CNN FPN the benchmark builds: from ``config`` (a file of this repository or a
+    ``model_zoo:`` path) with ``opts`` on top."""
+
+    name: str
+    config: str
+    opts: Tuple[str, ...] = ()
+    # FishNet depth or ResNet depth: the ImageNet classifier counted at 224x224.
+    family: str = "fishnet"
+    depth: int = 150
+    # Measured only in training (activation checkpointing changes nothing in inference).
+    training_only: bool = False
+
+
+def _fishnet(depth: int) -> ModelSpec:
+    config = f"configs/COCO-InstanceSegmentation/mask_rcnn_fishnet{depth}_FPN_3x.yaml"
+    return ModelSpec(f"FishNet-{depth}", config, family="fishnet", depth=depth)
+
+
+def _resnet(depth: int) -> ModelSpec:
+    config = f"model_zoo:COCO-InstanceSegmentation/mask_rcnn_R_{depth}_FPN_3x.yaml"
+    return ModelSpec(f"R-{depth}", config, family="resnet", depth=depth)
+
+
+MODEL_SPECS: Dict[str, ModelSpec] = {
+    "fishnet99": _fishnet(99),
+    "fishnet150": _fishnet(150),
+    "fishnet201": _fishnet(201),
+    "r50": _resnet(50),
+    "r101": _resnet(101),
+    "fishnet150-ckpt": ModelSpec(
+        "FishNet-150 ckpt",
+        _fishnet(150).config,
+        opts=("MODEL.FISHNET.CHECKPOINT", True),
+        depth=150,
+        training_only=True,
+    ),
+}
+
+
+def parse_models(names: List[str]) -> List[ModelSpec]:
+    unknown = [n for n in names if n not in MODEL_SPECS]
+    if unknown or not names:
+        raise ValueError(f"--models {names}: unknown {unknown}; allowed: {list(MODEL_SPECS)}")
+    return [MODEL_SPECS[n] for n in dict.fromkeys(names)]
+
+
+def detector_config(spec: ModelSpec, device: str, opts: Sequence[str] = ()) -> CfgNode:
+    cfg = get_cfg()
+    add_fishnet_config(cfg)
+    if spec.config.startswith("model_zoo:"):
+        cfg.merge_from_file(model_zoo.get_config_file(spec.config[len("model_zoo:") :]))
+    else:
+        cfg.merge_from_file(str(REPO / spec.config))
+    cfg.merge_from_list(list(spec.opts) + list(opts))
+    cfg.MODEL.WEIGHTS = ""  # random weights: time and memory do not depend on their values
+    cfg.MODEL.DEVICE = device
+    return cfg
+
+
+def build_detector(spec: ModelSpec, device: str, opts: Sequence[str] = ()) -> nn.Module:
+    """The detector with random weights, its FrozenBN statistics set as :func:`calibrate_norms`."""
+    torch.manual_seed(0)
+    model = build_model(detector_config(spec, device, opts))
+    images = [{"image": image} for image in random_images(2, 256, 320, seed=0, device=device)]
+    calibrate_norms(model.backbone.bottom_up, model.preprocess_image(images).tensor)
+    return model
+
+
+def calibrate_norms(backbone: nn.Module, images: torch.Tensor) -> None:
+    """Give each FrozenBN the mean and variance of what it normalizes on ``images``.
+
+    With random weights and FrozenBN's identity statistics, activations grow with depth (the
+    head of a random FishNet-150 reaches ~1e3, R-50's res5 ~20), unlike a trained model's; the
+    RPN then proposes degenerate boxes, and the heads' work would not be a trained model's.
+    Statistics set in execution order (a pre-hook per FrozenBN) keep every feature at unit scale.
+    """
+
+    def set_statistics(norm: FrozenBatchNorm2d, inputs) -> None:
+        x = inputs[0]
+        norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        norm.running_var.copy_(x.var(dim=(0, 2, 3)))
+
+    norms = [m for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    hooks = [norm.register_forward_pre_hook(set_statistics) for norm in norms]
+    with torch.no_grad():
+        backbone(images)
+    for hook in hooks:
+        hook.remove()
+
+
+def imagenet_classifier(spec: ModelSpec) -> nn.Module:
+    """The ImageNet model (1000 classes, BatchNorm) of the same backbone: the paper's FLOPs."""
+    if spec.family == "fishnet":
+        return FishNet(FISHNET_VARIANTS[spec.depth], norm="BN", num_classes=1000)
+    stages = ResNet.make_default_stages(spec.depth, norm="BN")
+    return ResNet(BasicStem(3, 64, norm="BN"), stages, num_classes=1000)  # output: "linear"
+
+
+def random_images(num: int, height: int, width: int, seed: int, device: str) -> List[torch.Tensor]:
+    """Random uint8-range images, ``(3, height, width)`` float, as a Detectron2 mapper gives."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (3, height, width), generator=g).float() for _ in range(num)]
+    return [image.to(device) for image in images]
+
+
+def training_batch(
+    num_images: int, height: int, width: int, *, instances: int, seed: int, device: str
+) -> List[dict]:
+    """Images with ``instances`` random ground-truth boxes each (masks: the filled boxes)."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for image in random_images(num_images, height, width, seed, device):
+        size = torch.rand(instances, 2, generator=g) * torch.tensor([width, height]) * 0.5 + 16
+        corner = torch.rand(instances, 2, generator=g) * (torch.tensor([width, height]) - size)
+        boxes = torch.cat([corner, corner + size], dim=1).round()
+        masks = torch.zeros(instances, height, width, dtype=torch.bool)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
+            mask[y0:y1, x0:x1] = True
+        target = Instances((height, width))
+        target.gt_boxes = Boxes(boxes)
+        target.gt_classes = torch.randint(0, 80, (instances,), generator=g)
+        target.gt_masks = BitMasks(masks)
+        batch.append({"image": image, "instances": target.to(device)})
+    return batch
+
+
+def inference_input(height: int, width: int, seed: int, device: str) -> List[dict]:
+    (image,) = random_images(1, height, width, seed, device)
+    return [{"image": image, "height": height, "width": width}]
+
+
+def calibrate_detections(model: nn.Module, inputs: List[dict], candidates: int = 300) -> int:
+    """Make a randomly initialized detector return as many detections as a trained one.
+
+    With random weights every class score is about 1/81, under the 0.05 threshold: no
+    detection, and the mask head would never run. Set the box predictor's score threshold so
+    that the ``candidates`` highest class scores on ``inputs`` pass it (NMS then keeps at most
+    ``TEST.DETECTIONS_PER_IMAGE``, 100), so every model runs its mask head on about as many
+    detections. Returns the number of detections.
+    """
+    predictor = model.roi_heads.box_predictor
+    captured = []
+    handle = predictor.register_forward_hook(lambda m, i, out: captured.append(out))
+    with torch.no_grad():
+        model(inputs)
+    handle.remove()
+    logits, _ = captured[0]  # softmax classification (the configs' default), last: background
+    scores = logits.softmax(dim=-1)[:, :-1].flatten()
+    predictor.test_score_thresh = scores.topk(min(candidates, scores.numel())).values[-1].item() * (1 - 1e-6)
+    with torch.no_grad():
+        return len(model(inputs)[0]["instances"])

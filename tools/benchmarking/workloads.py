@@ -1,0 +1,65 @@
+"""The steps the benchmark times, one set per model, with their inputs made once."""
+
+from typing import Callable, Dict
+
+import torch
+from detectron2.utils.events import EventStorage
+from torch import nn
+
+from .models import ModelSpec, calibrate_detections, inference_input, training_batch
+
+__all__ = ["KINDS", "Workloads"]
+
+# What is timed, in the order a round measures them.
+KINDS = ("backbone_train", "train_iter", "inference")
+
+
+class Workloads:
+    """For one detector: its backbone's forward + backward, a training iteration and an
+    inference, each a callable (``steps[kind]``) that ``prepare()`` readies before timing."""
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, args, device: str):
+        self.spec = spec
+        self.model = model
+        self.backbone = model.backbone.bottom_up
+        g = torch.Generator().manual_seed(1)
+        height, width = args.size
+        self.backbone_input = torch.randn(args.batch, 3, height, width, generator=g).to(device)
+        height, width = args.det_size
+        self.batch = training_batch(
+            args.batch, height, width, instances=args.instances, seed=2, device=device
+        )
+        self.inference_input = inference_input(height, width, seed=3, device=device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        # lr 0: the iteration does all of SGD's work, and every repetition sees the same model.
+        self.optimizer = torch.optim.SGD(trainable, lr=0.0, momentum=0.9, weight_decay=1e-4)
+        self.detections = None if spec.training_only else calibrate_detections(
+            model.eval(), self.inference_input
+        )
+        self.steps: Dict[str, Callable[[], None]] = {
+            "backbone_train": self.backbone_train,
+            "train_iter": self.train_iter,
+        }
+        if not spec.training_only:
+            self.steps["inference"] = self.inference
+
+    def prepare(self, kind: str) -> None:
+        """Untimed: the mode a step runs in, no gradients left over, the same random draws."""
+        self.model.train(kind != "inference")
+        self.model.zero_grad(set_to_none=True)
+        torch.manual_seed(4)
+
+    def backbone_train(self) -> None:
+        outputs = self.backbone(self.backbone_input)
+        sum(o.sum() for o in outputs.values()).backward()
+
+    def train_iter(self) -> None:
+        with EventStorage():  # where Detectron2's models log training statistics
+            losses = self.model(self.batch)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def inference(self) -> None:
+        with torch.no_grad():
+            self.model(self.inference_input)
