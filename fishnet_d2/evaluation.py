@@ -14,7 +14,7 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
-__all__ = ["EVALUATOR_TYPES", "coco_tasks", "build_evaluator"]
+__all__ = ["EVALUATOR_TYPES", "coco_tasks", "build_evaluators", "build_evaluator"]
 
 # evaluator_type -> what is evaluated
 EVALUATOR_TYPES = {
@@ -34,8 +34,10 @@ def coco_tasks(cfg: CfgNode) -> Tuple[str, ...]:
     return tuple(tasks)
 
 
-def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
-    """Evaluator(s) for ``dataset_name`` by its metadata ``evaluator_type`` (see EVALUATOR_TYPES).
+def build_evaluators(
+    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+) -> List[DatasetEvaluator]:
+    """The evaluators for ``dataset_name`` by its metadata ``evaluator_type`` (see EVALUATOR_TYPES).
 
     COCO metrics are computed by pycocotools' reference COCOeval (``use_fast_impl=False``): it gives
     the same numbers as Detectron2's optimized evaluator, on every Detectron2 build.
@@ -66,4 +68,10 @@ def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: Optional[str
         )
     if evaluator_type == "coco_panoptic_seg":
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+    return evaluators
+
+
+def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+    """:func:`build_evaluators` as one evaluator (``DatasetEvaluators`` when there are several)."""
+    evaluators = build_evaluators(cfg, dataset_name, output_folder)
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

@@ -1,6 +1,5 @@
 """Shared helpers for the tests: a tiny FishNet and Detectron2 configs that use it."""
 
-import os
 from pathlib import Path
 
 from detectron2.config import CfgNode, get_cfg
@@ -8,9 +7,8 @@ from detectron2.config import CfgNode, get_cfg
 from fishnet_d2 import add_fishnet_config
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared beside the checkout holds the official reference data (never copied into the repo).
-SHARED = Path(os.environ.get("FISHNET_SHARED", REPO.parent / "shared"))
-REFERENCE = SHARED / "fishnet_reference"
+# Reference data made with the official FishNet code (tests/data/README.md says what and whence).
+REFERENCE = REPO / "tests" / "data"
 
 # A FishNet small enough for CPU tests: 3 stages per part, one block each.
 TINY_ARCH = dict(

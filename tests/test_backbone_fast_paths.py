@@ -66,9 +66,18 @@ def assert_same(a, b, **tolerance) -> None:
         torch.testing.assert_close(x, y, **tolerance)
 
 
-def assert_close_to_scale(a, b, rel: float = 1e-4) -> None:
-    """Equal up to ``rel`` of the largest magnitude (another convolution algorithm rounds
-    differently; the golden test's criterion)."""
+# Tolerances. A fast path claims to compute the same math as the plain model; the claim is
+# checked in float64, where rounding (2**-53 = 1.1e-16 per operation, over reductions of at most
+# 10**4 terms and a few hundred layers) stays far below 1e-10 of the largest magnitude on any
+# CPU, whatever convolution algorithm it picks: measured 2.5e-14 for training-mode BatchNorm's
+# gradients, the worst case. A real bug (a layout-dependent view, a wrong dilation) is off by
+# O(1) (see test_channels_last_comparison_catches_a_layout_bug). In float32 the same gradients
+# differ by 6.6e-6 (Intel Xeon) to 1.4e-3 (AMD EPYC) of the largest: not a usable bound.
+SAME_MATH_FLOAT64 = 1e-10
+
+
+def assert_close_to_scale(a, b, rel: float = SAME_MATH_FLOAT64) -> None:
+    """Equal up to ``rel`` of the largest magnitude of each tensor."""
     if isinstance(a, dict):
         assert list(a) == list(b)
         a, b = list(a.values()), list(b.values())
@@ -82,12 +91,16 @@ def flat(tensors: List[torch.Tensor]) -> torch.Tensor:
 
 
 def twin_models(norm: str, **kwargs) -> Tuple[FishNet, FishNet]:
-    """A plain FishNet and one with ``kwargs``, with the same weights and statistics."""
+    """A plain FishNet and one with ``kwargs``, with the same weights and statistics, in float64."""
     torch.manual_seed(0)
     plain = randomize_norms(FishNet(TINY, norm=norm, out_features=ALL_FEATURES))
     other = FishNet(TINY, norm=norm, out_features=ALL_FEATURES, **kwargs)
     other.load_state_dict(plain.state_dict())
-    return plain, other
+    return plain.double(), other.double()
+
+
+def images(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.float64)
 
 
 # --- pre-activation blocks: in-place ReLU, fused FrozenBN ----------------------------------------
@@ -120,16 +133,16 @@ def test_bottleneck_equals_reference(norm, shortcut, training):
         "channel sum": ChannelSumReduction(2),
     }[shortcut]
     torch.manual_seed(0)
-    block = randomize_norms(PreActBottleneck(c_in, c_out, shortcut=module, norm=norm))
+    block = randomize_norms(PreActBottleneck(c_in, c_out, shortcut=module, norm=norm)).double()
     block.train(training)
     # x has negative entries: a ReLU that overwrote x would change what the shortcut reads.
-    x = torch.randn(2, c_in, 8, 12, requires_grad=True)
+    x = images(2, c_in, 8, 12).requires_grad_()
     expected = reference_bottleneck(block, x)
     (expected_grad,) = torch.autograd.grad(expected.pow(2).sum(), x)
     got = block(x)
     (got_grad,) = torch.autograd.grad(got.pow(2).sum(), x)
-    # Fused FrozenBN rounds once where Detectron2's rounds twice.
-    assert_close_to_scale([got, got_grad], [expected, expected_grad], rel=1e-5)
+    # Fused FrozenBN rounds once where Detectron2's rounds twice: the same math.
+    assert_close_to_scale([got, got_grad], [expected, expected_grad])
     assert x.min() < 0 and not torch.equal(x, F.relu(x))  # the input was left alone
 
 
@@ -155,7 +168,7 @@ def test_channels_last_equals_nchw(norm):
     nchw, channels_last = twin_models(norm)
     nchw.channels_last = False
     assert channels_last.channels_last  # the default
-    x = torch.randn(2, 3, 64, 96)
+    x = images(2, 3, 64, 96)
     outputs, grads = train_step(nchw.train(), x)
     cl_outputs, cl_grads = train_step(channels_last.train(), x)
     assert_close_to_scale(cl_outputs, outputs)
@@ -163,6 +176,25 @@ def test_channels_last_equals_nchw(norm):
     assert_close_to_scale([flat(cl_grads)], [flat(grads)])
     assert all(o.is_contiguous(memory_format=torch.channels_last) for o in cl_outputs.values())
     assert all(o.is_contiguous() for o in outputs.values())
+
+
+def test_channels_last_comparison_catches_a_layout_bug(monkeypatch):
+    """The comparison above fails for a bug that only shows in one memory format: a channel-sum
+    reduction that reads memory as if it were NCHW (as a hand-written kernel might)."""
+
+    def nchw_only(self: ChannelSumReduction, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        grouped = torch.as_strided(x, (n, c // self.k, self.k, h, w), (c * h * w, self.k * h * w, h * w, w, 1))
+        return grouped.sum(2)
+
+    monkeypatch.setattr(ChannelSumReduction, "forward", nchw_only)
+    nchw, channels_last = twin_models("FrozenBN")
+    nchw.channels_last = False
+    x = images(2, 3, 64, 96)
+    outputs, _ = train_step(nchw.train(), x)
+    cl_outputs, _ = train_step(channels_last.train(), x)
+    with pytest.raises(AssertionError):
+        assert_close_to_scale(cl_outputs, outputs)
 
 
 def test_channels_last_from_config():
@@ -178,7 +210,7 @@ def test_channels_last_from_config():
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN", ""])
 def test_checkpointing_equals_plain_model(norm):
     plain, checkpointed = twin_models(norm, activation_checkpointing=True)
-    x = torch.randn(2, 3, 64, 96)
+    x = images(2, 3, 64, 96)
     for _ in range(2):  # BatchNorm's running statistics after two steps
         outputs, grads = train_step(plain.train(), x)
         ckpt_outputs, ckpt_grads = train_step(checkpointed.train(), x)
@@ -220,7 +252,7 @@ def test_checkpointing_from_config_recomputes_each_stage_in_training_only():
 def test_checkpointed_model_scripts_and_traces():
     plain, checkpointed = twin_models("FrozenBN", activation_checkpointing=True)
     checkpointed.eval()
-    x = torch.randn(2, 3, 64, 96)
+    x = images(2, 3, 64, 96)
     with torch.no_grad():
         expected = plain.eval()(x)
         scripted = torch.jit.script(checkpointed)(x)
@@ -243,10 +275,10 @@ def test_compile_fullgraph_equals_eager(norm, activation_checkpointing):
     torch._dynamo.reset()
     plain, model = twin_models(norm, activation_checkpointing=activation_checkpointing)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(2, 3, 64, 96)
+    x = images(2, 3, 64, 96)
     outputs, grads = train_step(plain.train(), x)
     compiled_outputs, compiled_grads = train_step(compiled.train(), x)
-    # The compiled graph may pick other convolution algorithms or memory formats.
+    # The compiled graph may pick other convolution algorithms or memory formats: the same math.
     assert_close_to_scale(compiled_outputs, outputs)
     assert_close_to_scale([flat(compiled_grads)], [flat(grads)])
     # BatchNorm's running statistics: updated once, also when the compiled backward recomputes.

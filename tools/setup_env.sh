@@ -5,9 +5,13 @@
 #   VENV=.venv          where the environment lives (an existing environment works too)
 #   D2_SOURCE=pypi      how to get detectron2 when it is not importable in that environment:
 #     pypi  (default)   the official v0.6 Python package from the registry, built without C++ ops,
-#                       with the stand-in tools/detectron2_pypi/_C.py (see that file)
+#                       with detectron2 main's fixes for current Pillow/NumPy and the stand-in
+#                       tools/detectron2_pypi/_C.py (see tools/detectron2_pypi/build.py)
 #     git               detectron2 main from GitHub, compiled with its C++/CUDA ops
-#   Already importable detectron2 is used as is, whatever D2_SOURCE says.
+#     PATH              detectron2 from a local source tree or a .tar.gz/.tgz archive of one
+#                       (a mirror, a git archive), compiled with its C++/CUDA ops
+#   Already importable detectron2 is used as is, whatever D2_SOURCE says; an older Python-only
+#   build of this script is replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,7 +21,13 @@ PY="$VENV/bin/python"
 
 case "$D2_SOURCE" in
   pypi|git) ;;
-  *) echo "D2_SOURCE=$D2_SOURCE is not supported; use D2_SOURCE=pypi (default) or D2_SOURCE=git" >&2; exit 2;;
+  *)
+    if [ ! -e "$D2_SOURCE" ]; then
+      echo "D2_SOURCE=$D2_SOURCE: no such file or directory; allowed: pypi (default), git, or the path" \
+        "of a detectron2 source tree or .tar.gz archive" >&2
+      exit 2
+    fi
+    D2_SOURCE=$(cd "$(dirname "$D2_SOURCE")" && pwd)/$(basename "$D2_SOURCE");;
 esac
 
 if [ ! -x "$PY" ]; then
@@ -36,15 +46,46 @@ echo "[setup] checking pinned dependencies"
 pip_install numpy pillow setuptools fvcore iopath pycocotools opencv-python-headless matplotlib \
   omegaconf hydra-core termcolor yacs tabulate cloudpickle tqdm tensorboard pytest hypothesis onnx
 
-if "$PY" -I -c "import detectron2" 2>/dev/null; then
-  echo "[setup] detectron2 $("$PY" -I -c 'import detectron2; print(detectron2.__version__)') already importable: used as is"
+# A compiled detectron2 needs a source tree: a directory as is, an archive unpacked into UNPACKED.
+UNPACKED=""
+trap '[ -z "$UNPACKED" ] || rm -rf "$UNPACKED"' EXIT
+d2_source_tree() {
+  if [ -d "$D2_SOURCE" ]; then
+    D2_TREE=$D2_SOURCE
+    return
+  fi
+  case "$D2_SOURCE" in
+    *.tar.gz|*.tgz) ;;
+    *) echo "D2_SOURCE=$D2_SOURCE: not a directory, .tar.gz or .tgz archive" >&2; exit 2;;
+  esac
+  UNPACKED=$(mktemp -d)
+  tar -xzf "$D2_SOURCE" -C "$UNPACKED"
+  local setup
+  setup=$(find "$UNPACKED" -maxdepth 2 -name setup.py | head -1)
+  if [ -z "$setup" ] || [ ! -d "$(dirname "$setup")/detectron2" ]; then
+    echo "D2_SOURCE=$D2_SOURCE: holds no detectron2 source tree (setup.py beside detectron2/)" >&2
+    exit 2
+  fi
+  D2_TREE=$(dirname "$setup")
+}
+
+installed=$("$PY" -I -c "import detectron2, importlib.metadata as m; print(m.version('detectron2'))" 2>/dev/null || true)
+pyonly=$("$PY" tools/detectron2_pypi/build.py --print-version)
+if [ -n "$installed" ] && { [[ "$installed" != 0.6+pb1* ]] || [ "$installed" = "$pyonly" ]; }; then
+  echo "[setup] detectron2 $installed already importable: used as is"
 elif [ "$D2_SOURCE" = git ]; then
   echo "[setup] building detectron2 main from GitHub (C++/CUDA ops compiled)"
   # detectron2's setup.py imports torch, so it must see this environment's torch.
   pip_install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
-else
-  echo "[setup] installing detectron2 v0.6 (registry, Python-only)"
+elif [ "$D2_SOURCE" = pypi ]; then
+  echo "[setup] installing detectron2 v0.6 (registry, Python-only, $pyonly)"
   "$PY" tools/detectron2_pypi/build.py
+else
+  d2_source_tree
+  echo "[setup] building detectron2 from $D2_SOURCE (C++/CUDA ops compiled, a few minutes)"
+  # Not editable: with setuptools >= 80, `setup.py develop` re-runs pip with build isolation,
+  # which cannot see this environment's torch.
+  pip_install --no-build-isolation "$D2_TREE"
 fi
 
 # -I: the check must not find the package through the current directory.
@@ -55,4 +96,4 @@ fi
 "$PY" -I -c "import detectron2.modeling, detectron2.engine, detectron2.evaluation, fishnet_d2" \
   || { echo "[setup] the environment in $VENV does not import detectron2 + fishnet_d2" >&2; exit 1; }
 touch "$VENV/.fishnet_d2_ready"
-echo "[setup] ready: $VENV"
+echo "[setup] ready: $VENV ($("$PY" -I -c "import importlib.metadata as m; print('detectron2', m.version('detectron2'))"))"
