@@ -12,6 +12,7 @@ from .modeling import (
     FishNet,
     FishNetArch,
     build_fishnet_backbone,
+    fishnet_arch,
     build_fishnet_fpn_backbone,
     build_retinanet_fishnet_fpn_backbone,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "FISHNET_VARIANTS",
     "FishNet",
     "FishNetArch",
+    "fishnet_arch",
     "build_fishnet_backbone",
     "build_fishnet_fpn_backbone",
     "build_retinanet_fishnet_fpn_backbone",

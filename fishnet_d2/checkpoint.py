@@ -31,114 +31,26 @@ possibly a ``.{name}.*.tmp`` file, which nothing reads.
 
 import logging
 import os
-import pickle
-import re
-import zipfile
-from typing import Any, Dict, List, Mapping, Optional
-from urllib.parse import parse_qs, urlparse
+from typing import Any, Dict, Mapping, Optional
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
 from .atomic_file import atomic_write
-from .safe_pickle import ForbiddenGlobalError, load_pickle
+from .backports import DetectionCheckpointer
+from .checkpoint_file import (
+    CheckpointLoadError,
+    UnsafeCheckpointError,
+    listing,
+    read_pickle,
+    read_torch,
+    strip_module_prefix,
+)
 
 __all__ = ["CheckpointLoadError", "UnsafeCheckpointError", "FishNetCheckpointer"]
-
-_MAX_LISTED = 8
-# What load_pickle (.pkl) and torch.load(weights_only=True) rebuild, for the error messages.
-_ALLOWED_PKL = "numpy arrays, dicts, lists, tuples, strings, numbers, booleans and None"
-_ALLOWED_TORCH = "tensors, dicts, lists, tuples, strings, numbers, booleans and None"
-
-
-class CheckpointLoadError(ValueError):
-    """A file that cannot be loaded as a checkpoint of the model: missing data, truncated, not a
-    checkpoint, or the weights of another model."""
-
-
-class UnsafeCheckpointError(CheckpointLoadError):
-    """A file whose unpickling would call a function or class that checkpoints never need."""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
-def _refused(filename: str, global_names: List[str], allowed: str) -> UnsafeCheckpointError:
-    return UnsafeCheckpointError(
-        f"{filename}: refused to load: reading it would call {', '.join(global_names)}, not "
-        f"allowed in a checkpoint (allowed: {allowed}). Nothing in the file was run; it may be "
-        "malicious -- load it only if you trust its source and know why it holds code."
-    )
-
-
-def _listing(items: List[str]) -> str:
-    more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return ", ".join(items[:_MAX_LISTED]) + more
-
-
-def _read_pickle(filename: str) -> Any:
-    if zipfile.is_zipfile(filename):
-        raise CheckpointLoadError(
-            f"{filename}: a torch checkpoint (zip archive) under a .pkl name: name it .pth "
-            "(.pkl files are read as Detectron2 model-zoo pickles)"
-        )
-    with open(filename, "rb") as f:
-        try:
-            return load_pickle(f)
-        except ForbiddenGlobalError as e:
-            raise _refused(filename, [f"{e.module}.{e.name}"], _ALLOWED_PKL) from None
-        except Exception as e:  # pickle raises many types for broken data
-            raise CheckpointLoadError(
-                f"{filename}: not a readable pickle (truncated, or not a pickle): {_first_line(e)}"
-            ) from None
-
-
-def _unsafe_globals(filename: str, error: Exception) -> List[str]:
-    """The globals that made ``torch.load(weights_only=True)`` refuse ``filename``."""
-    if zipfile.is_zipfile(filename) and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
-        try:
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(filename))
-        except Exception:  # a damaged archive: fall back on torch's message
-            pass
-    return re.findall(r"GLOBAL ([\w.]+)", str(error))[:1]
-
-
-def _read_torch(filename: str) -> Any:
-    try:
-        return torch.load(filename, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        forbidden = _unsafe_globals(filename, e)
-        if forbidden:
-            raise _refused(filename, forbidden, _ALLOWED_TORCH) from None
-        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
-        reason = reason.group(1) if reason else _first_line(e)
-    except Exception as e:  # truncated archives, other formats: torch raises many types
-        raise CheckpointLoadError(
-            f"{filename}: not a readable torch checkpoint (truncated, or another format): "
-            f"{_first_line(e)}"
-        ) from None
-    if not zipfile.is_zipfile(filename):
-        # A plain pickle under a torch name? Say what it would have called, or what it is.
-        try:
-            _read_pickle(filename)
-        except UnsafeCheckpointError:
-            raise
-        except CheckpointLoadError:
-            pass
-        else:
-            raise CheckpointLoadError(
-                f"{filename}: a plain pickle, not a torch checkpoint (torch.save writes a zip "
-                "archive); if it is in Detectron2's model-zoo format, name it .pkl"
-            )
-    raise CheckpointLoadError(
-        f"{filename}: not a readable torch checkpoint (truncated, or another format): {reason}"
-    )
-
 
 def _from_pickle(filename: str, data: Any, logger: logging.Logger) -> Dict[str, Any]:
     """The checkpoint in a model-zoo pickle, interpreted as DetectionCheckpointer does."""
@@ -193,15 +105,8 @@ def _check_weights(filename: str, weights: Any) -> None:
     if bad:
         raise CheckpointLoadError(
             f"{filename}: not a checkpoint: weights must be tensors or numeric numpy arrays, named "
-            f"by strings; {len(bad)} of {len(weights)} are not: {_listing(bad)}"
+            f"by strings; {len(bad)} of {len(weights)} are not: {listing(bad)}"
         )
-
-
-def _strip_module_prefix(weights: Mapping[str, Any]) -> Mapping[str, Any]:
-    """As fvcore does before loading: drop DataParallel's "module." when every key has it."""
-    if weights and all(k.startswith("module.") for k in weights):
-        return {k[len("module.") :]: v for k, v in weights.items()}
-    return weights
 
 
 class FishNetCheckpointer(DetectionCheckpointer):
@@ -231,50 +136,34 @@ class FishNetCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.min_backbone_match = float(min_backbone_match)
         self._loading: Optional[str] = None
-        self._heuristics_requested = False
 
     # ---- reading ----
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        """Load ``path`` (see ``fvcore``'s ``Checkpointer.load``). As newer Detectron2, a local
-        path may end in ``?matching_heuristics=True`` to match names by Detectron2's heuristics."""
+        """Load ``path`` (see ``fvcore``'s ``Checkpointer.load``). As in Detectron2 main, a path
+        may end in ``?matching_heuristics=True`` to match names by Detectron2's heuristics."""
         if path:
-            path = self._take_options(path)
-            if "://" not in path and not os.path.isfile(path):
-                raise FileNotFoundError(f"checkpoint {path!r}: no such file")
+            filename = urlparse(path)._replace(query="").geturl()
+            if "://" not in filename and not os.path.isfile(filename):
+                raise FileNotFoundError(f"checkpoint {filename!r}: no such file")
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
         finally:
             self._loading = None
-            self._heuristics_requested = False
-
-    def _take_options(self, path: str) -> str:
-        """``path`` without its ``?key=value`` options, which are remembered."""
-        if "?" not in path or os.path.isfile(path):
-            return path
-        parsed = urlparse(path)
-        options = parse_qs(parsed.query, keep_blank_values=True)
-        heuristics = options.pop("matching_heuristics", ["False"])
-        if options or heuristics not in (["True"], ["False"]):
-            raise ValueError(
-                f"checkpoint {path!r}: unsupported options {parsed.query!r}; allowed: "
-                "?matching_heuristics=True or ?matching_heuristics=False"
-            )
-        self._heuristics_requested = heuristics == ["True"]
-        return parsed._replace(query="").geturl()
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if os.path.getsize(filename) == 0:
-            raise CheckpointLoadError(f"{filename}: empty file, not a checkpoint")
         if filename.endswith(".pkl"):
-            checkpoint = _from_pickle(filename, _read_pickle(filename), self.logger)
-        else:
-            checkpoint = _from_torch(filename, _read_torch(filename))
+            checkpoint = _from_pickle(filename, read_pickle(filename), self.logger)
+        elif filename.endswith(".pyth"):
+            checkpoint = _from_torch(filename, read_torch(filename))
+        else:  # DetectionCheckpointer's: _torch_load, then the path's ?matching_heuristics
+            checkpoint = super()._load_file(filename)
         _check_weights(filename, checkpoint["model"])
-        if self._heuristics_requested:
-            checkpoint["matching_heuristics"] = True
         return checkpoint
+
+    def _torch_load(self, filename: str) -> Dict[str, Any]:
+        return _from_torch(filename, read_torch(filename))
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
         weights = checkpoint["model"]
@@ -299,7 +188,7 @@ class FishNetCheckpointer(DetectionCheckpointer):
                 keys, scope = backbone_keys, "backbone"
         if not keys:
             return
-        weights = _strip_module_prefix(weights)
+        weights = strip_module_prefix(weights)
         matched = [k for k in keys if k in weights and tuple(weights[k].shape) == tuple(model_state[k].shape)]
         if len(matched) >= self.min_backbone_match * len(keys):
             return
@@ -313,11 +202,11 @@ class FishNetCheckpointer(DetectionCheckpointer):
             f"{len(matched)} of the {len(keys)} tensors of the model's {scope} (same name and "
             f"shape{', after Detectron2 matched names by suffix and logged shape mismatches' if heuristics else ''}), "
             f"fewer than min_backbone_match={self.min_backbone_match:g} of them; nothing was loaded.",
-            f"  not in the file: {_listing([k for k in keys if k not in weights])}",
+            f"  not in the file: {listing([k for k in keys if k not in weights])}",
         ]
         if misshaped:
-            lines.append(f"  other shape: {_listing(misshaped)}")
-        lines.append(f"  the file's names: {_listing(sorted(weights))}")
+            lines.append(f"  other shape: {listing(misshaped)}")
+        lines.append(f"  the file's names: {listing(sorted(weights))}")
         raise CheckpointLoadError("\n".join(lines))
 
     # ---- writing ----

@@ -40,7 +40,7 @@ def add_fishnet_config(cfg: CN) -> None:
     # of keeping them. Saves training memory for extra compute; off in the paper.
     _C.MODEL.FISHNET.CHECKPOINT = False
     # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
-    # run fastest on (docs/performance.md). The features keep that format (same shapes), so
+    # run fastest on (README.md, "Performance"). The features keep that format (same shapes), so
     # the FPN and heads on them run in it too. False: the input's format (NCHW).
     _C.MODEL.FISHNET.CHANNELS_LAST = True
 

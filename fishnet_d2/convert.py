@@ -21,24 +21,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .atomic_file import atomic_write
-from .modeling import FISHNET_VARIANTS, FishNetArch
-from .official import infer_arch, official_layout, strip_module_prefix, variant_name
+from .checkpoint_file import CheckpointLoadError, listing, read_torch, strip_module_prefix
+from .modeling import FISHNET_VARIANTS, FishNetArch, fishnet_arch_to_config
+from .official import infer_arch, official_layout, variant_name
 
 __all__ = [
-    "CheckpointError",
+    "CheckpointLoadError",
     "ConvertedCheckpoint",
     "load_official_state_dict",
     "convert_official_state_dict",
     "save_d2_checkpoint",
     "main",
 ]
-
-_MAX_LISTED = 20
-
-
-class CheckpointError(ValueError):
-    """The input is not a usable official FishNet checkpoint."""
-
 
 @dataclass
 class ConvertedCheckpoint:
@@ -55,60 +49,29 @@ class ConvertedCheckpoint:
             lines.append(f"    DEPTH: {name.split('-')[1]}")
         else:
             name = "a custom FishNet"
-            lines += ["    DEPTH: 0", "    ARCH:"]
-            lines += [f"      {key}: {value}" for key, value in _arch_config(self.arch).items()]
+            config = fishnet_arch_to_config(self.arch)
+            lines += [f"    DEPTH: {config['DEPTH']}", "    ARCH:"]
+            lines += [f"      {key}: {value}" for key, value in config["ARCH"].items()]
         if self.num_classes:
             lines.append(f"    NUM_CLASSES: {self.num_classes}  # only to use the classifier")
         return f"{name} ({classes}); its config:\n" + "\n".join(lines)
 
 
-def _arch_config(arch: FishNetArch) -> Dict[str, object]:
-    """MODEL.FISHNET.ARCH values (upper-case FishNetArch fields) for a custom architecture."""
-    return {
-        name.upper(): list(value) if isinstance(value, tuple) else value
-        for name, value in vars(arch).items()
-        if name != "body_dilations"
-    }
-
-
 def load_official_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """The official state_dict in ``path`` (``module.`` prefix removed), loaded without running
-    pickled code. Raises CheckpointError for anything else."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: it is not a plain checkpoint of tensors and containers "
-            f"(weights_only=True found pickled code or objects: {str(e).splitlines()[0]})"
-        ) from None
-    except Exception as e:  # truncated archives, other formats: torch raises many types
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint (truncated or another format): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+    pickled code. Raises CheckpointLoadError for anything else."""
+    loaded = read_torch(path)
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not loaded:
-        raise CheckpointError(
+        raise CheckpointLoadError(
             f"{path}: expected an official checkpoint (a dict with 'state_dict') or a state_dict; "
             f"found {type(loaded).__name__}"
         )
-    not_tensors = [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
+    not_tensors = [str(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise CheckpointError(
-            f"{path}: the state_dict has non-tensor entries {not_tensors[:_MAX_LISTED]}"
-        )
+        raise CheckpointLoadError(f"{path}: the state_dict has non-tensor entries: {listing(not_tensors)}")
     return strip_module_prefix(loaded)
-
-
-def _listing(title: str, items: Sequence[str]) -> str:
-    shown = "\n".join(f"    {item}" for item in items[:_MAX_LISTED])
-    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {title} ({len(items)}):\n{shown}{more}"
 
 
 def _mismatches(
@@ -156,8 +119,8 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Conve
             report.append(f"  (could not infer an architecture from the keys: {inference_error})")
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if items:
-                report.append(_listing(title, items))
-        raise CheckpointError("\n".join(report))
+                report.append(f"  {title} ({len(items)}): {listing(items)}")
+        raise CheckpointLoadError("\n".join(report))
     converted = {layout[k][0]: v.detach().clone().contiguous() for k, v in state_dict.items()}
     return ConvertedCheckpoint(converted, arch, num_classes)
 
@@ -190,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         converted = convert_official_state_dict(load_official_state_dict(args.input))
-    except CheckpointError as e:
+    except (CheckpointLoadError, FileNotFoundError) as e:
         print(f"error: {e}\nnothing was written to {args.output}", file=sys.stderr)
         return 1
     author = f"fishnet_d2 converter, from {os.path.basename(args.input)}"

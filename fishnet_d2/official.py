@@ -15,7 +15,7 @@ import torch
 
 from .modeling import FISHNET_VARIANTS, FishNet, FishNetArch
 
-__all__ = ["official_key", "official_layout", "infer_arch", "variant_name", "strip_module_prefix"]
+__all__ = ["official_key", "official_layout", "infer_arch", "variant_name"]
 
 # Our module names inside a block (and inside the score / SE units) -> the official ones.
 _BLOCK = {
@@ -82,13 +82,6 @@ def official_layout(arch: FishNetArch, num_classes: int) -> Dict[str, Tuple[str,
         official_key(key, arch.num_stages): (key, value.shape)
         for key, value in model.state_dict().items()
     }
-
-
-def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Remove DataParallel's ``module.`` prefix when every key has it."""
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
-    return dict(state_dict)
 
 
 def _count(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:

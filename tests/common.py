@@ -1,28 +1,36 @@
-"""Shared helpers for the tests: a tiny FishNet and Detectron2 configs that use it."""
+"""What the tests share: the tiny FishNet, every feature name, and Detectron2 configs that use
+them. Fixtures are in conftest.py."""
 
 from pathlib import Path
 
 from detectron2.config import CfgNode, get_cfg
 
-from fishnet_d2 import add_fishnet_config
+from fishnet_d2 import FishNetArch, add_fishnet_config
+from fishnet_d2.modeling import fishnet_arch_to_config
 
 REPO = Path(__file__).resolve().parents[1]
 # Reference data made with the official FishNet code (tests/data/README.md says what and whence).
 REFERENCE = REPO / "tests" / "data"
 
 # A FishNet small enough for CPU tests: 3 stages per part, one block each.
-TINY_ARCH = dict(
-    STEM_CHANNELS=16,
-    TAIL_CHANNELS=[16, 32, 64],
-    BODY_CHANNELS=[64, 48, 32],
-    HEAD_CHANNELS=[48, 112, 208],
-    TAIL_BLOCKS=[1, 1, 1],
-    BRIDGE_BLOCKS=1,
-    BODY_BLOCKS=[1, 1, 1],
-    HEAD_BLOCKS=[1, 1, 1],
-    BODY_TRANSFER_BLOCKS=[1, 1, 1],
-    HEAD_TRANSFER_BLOCKS=[1, 1, 1],
+TINY_ARCH = FishNetArch(
+    stem_channels=16,
+    tail_channels=(16, 32, 64),
+    body_channels=(64, 48, 32),
+    head_channels=(48, 112, 208),
+    tail_blocks=(1, 1, 1),
+    bridge_blocks=1,
+    body_blocks=(1, 1, 1),
+    head_blocks=(1, 1, 1),
+    body_transfer_blocks=(1, 1, 1),
+    head_transfer_blocks=(1, 1, 1),
 )
+
+# Every feature a FishNet with 3 stages per part returns, in the order it computes them.
+ALL_FEATURES = [
+    "stem", "tail3", "tail4", "tail5", "bridge",
+    "body4", "body3", "body2", "head2", "head3", "head4", "head5",
+]  # fmt: skip
 
 
 def fishnet_cfg() -> CfgNode:
@@ -36,7 +44,6 @@ def fishnet_cfg() -> CfgNode:
 
 def use_tiny_arch(cfg: CfgNode) -> CfgNode:
     """Switch cfg's FishNet to TINY_ARCH (DEPTH 0), in place."""
-    cfg.MODEL.FISHNET.DEPTH = 0
-    for key, value in TINY_ARCH.items():
-        cfg.MODEL.FISHNET.ARCH[key] = value
+    cfg.MODEL.FISHNET.merge_from_other_cfg(CfgNode(fishnet_arch_to_config(TINY_ARCH)))
     return cfg
+

@@ -1,32 +1,22 @@
 """Hand-made training inputs for Detectron2 models (no dataset, no data loader), and a config
 shrink so that one training step of any FishNet config is fast on CPU."""
 
-from typing import Dict, Iterator, List
+import dataclasses
+from typing import Dict, List
 
-import pytest
 import torch
 from detectron2.config import CfgNode, LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.structures import BitMasks, Boxes, Instances
 from omegaconf import DictConfig
 
-from fishnet_d2.lazy import fishnet_arch
+from fishnet_d2 import fishnet_arch
 
 from .common import TINY_ARCH, use_tiny_arch
 
 IMAGE_SIZE = (64, 96)  # height, width: multiples of the FishNet's size divisibility (32)
 NUM_THING_CLASSES = 3
 NUM_SEM_SEG_CLASSES = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread than on threads that compete for the CPU cores;
-    import this fixture into a test module to use it there."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def shrink_config(cfg: CfgNode) -> CfgNode:
@@ -54,7 +44,7 @@ def shrink_config(cfg: CfgNode) -> CfgNode:
 
 def shrink_lazy_model(model: DictConfig, num_classes: int = NUM_THING_CLASSES) -> DictConfig:
     """shrink_config for the ``model`` of a LazyConfig R-CNN, in place."""
-    model.backbone.bottom_up.arch = L(fishnet_arch)(depth=0, **{k.lower(): v for k, v in TINY_ARCH.items()})
+    model.backbone.bottom_up.arch = L(fishnet_arch)(depth=0, **dataclasses.asdict(TINY_ARCH))
     channels = 32
     model.backbone.out_channels = channels
     model.proposal_generator.head.in_channels = channels

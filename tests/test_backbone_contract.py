@@ -7,20 +7,14 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from torch import nn
 
 import fishnet_d2  # noqa: F401  (registers the backbones)
-from fishnet_d2 import FishNet, FishNetArch
+from fishnet_d2 import FishNet
+from fishnet_d2.modeling.blocks import FusedFrozenBatchNorm2d
 
-from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
 
-ALL_FEATURES = [
-    "stem", "tail3", "tail4", "tail5", "bridge",
-    "body4", "body3", "body2", "head2", "head3", "head4", "head5",
-]  # fmt: skip
-TINY = FishNetArch(
-    **{key.lower(): tuple(v) if isinstance(v, list) else v for key, v in TINY_ARCH.items()}
-)
 def tiny_fishnet(**kwargs) -> FishNet:
     kwargs.setdefault("out_features", ALL_FEATURES)
-    return FishNet(TINY, **kwargs)
+    return FishNet(TINY_ARCH, **kwargs)
 
 
 def test_registered():
@@ -80,19 +74,20 @@ def test_every_trainable_parameter_gets_a_gradient():
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-def stage_names(model: FishNet):
-    return ["stem", "tail.0", "tail.1", "tail.2", "bridge", "body.0", "body.1", "body.2", "head.0", "head.1", "head.2"]
+# The stages in the order they run: freeze_at=k freezes the first k.
+STAGES_IN_ORDER = ["stem", "tail.0", "tail.1", "tail.2", "bridge", "body.0", "body.1", "body.2", "head.0", "head.1", "head.2"]
 
 
 @pytest.mark.parametrize("freeze_at", range(12))
 def test_freeze_at(freeze_at):
     model = tiny_fishnet(norm="BN", num_classes=3, out_features=ALL_FEATURES + ["linear"], freeze_at=freeze_at)
-    frozen_prefixes = tuple(f"{s}." for s in stage_names(model)[:freeze_at])
+    frozen_prefixes = tuple(f"{s}." for s in STAGES_IN_ORDER[:freeze_at])
     for name, p in model.named_parameters():
         assert p.requires_grad == (not name.startswith(frozen_prefixes)), name
     for name, module in model.named_modules():
         if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            assert isinstance(module, FrozenBatchNorm2d) == name.startswith(frozen_prefixes), name
+            # Frozen stages run the same fast FrozenBN as norm="FrozenBN".
+            assert (type(module) is FusedFrozenBatchNorm2d) == name.startswith(frozen_prefixes), name
     # Frozen parts get no gradient and keep their statistics in training.
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
@@ -109,7 +104,7 @@ def test_freeze_stem_conv1_freezes_exactly_the_full_resolution_conv():
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     # Its BatchNorm becomes FrozenBatchNorm2d, whose affine terms are buffers.
     assert frozen == {"stem.conv1.conv.weight"}
-    assert isinstance(model.stem.conv1.norm, FrozenBatchNorm2d)
+    assert type(model.stem.conv1.norm) is FusedFrozenBatchNorm2d
     assert isinstance(model.stem.conv2.norm, nn.BatchNorm2d)
     assert model.stem.conv1.conv.stride == (2, 2) and model.stem.conv1.conv.in_channels == 3
 

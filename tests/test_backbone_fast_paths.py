@@ -11,7 +11,7 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from fishnet_d2 import FishNet, FishNetArch
+from fishnet_d2 import FishNet
 from fishnet_d2.modeling.blocks import (
     ChannelSumReduction,
     FusedFrozenBatchNorm2d,
@@ -19,16 +19,8 @@ from fishnet_d2.modeling.blocks import (
     PreActProjection,
 )
 
-from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
-from .synthetic_inputs import one_torch_thread  # noqa: F401  (tiny models: one torch thread)
+from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
 
-TINY = FishNetArch(
-    **{key.lower(): tuple(v) if isinstance(v, list) else v for key, v in TINY_ARCH.items()}
-)
-ALL_FEATURES = [
-    "stem", "tail3", "tail4", "tail5", "bridge",
-    "body4", "body3", "body2", "head2", "head3", "head4", "head5",
-]  # fmt: skip
 
 
 def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -93,8 +85,8 @@ def flat(tensors: List[torch.Tensor]) -> torch.Tensor:
 def twin_models(norm: str, **kwargs) -> Tuple[FishNet, FishNet]:
     """A plain FishNet and one with ``kwargs``, with the same weights and statistics, in float64."""
     torch.manual_seed(0)
-    plain = randomize_norms(FishNet(TINY, norm=norm, out_features=ALL_FEATURES))
-    other = FishNet(TINY, norm=norm, out_features=ALL_FEATURES, **kwargs)
+    plain = randomize_norms(FishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES))
+    other = FishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES, **kwargs)
     other.load_state_dict(plain.state_dict())
     return plain.double(), other.double()
 
@@ -157,7 +149,7 @@ def test_fused_frozen_batchnorm_equals_detectron2s(requires_grad):
         (got,) = torch.autograd.grad(fused(x).pow(2).sum(), x)
         (expected,) = torch.autograd.grad(reference(x).pow(2).sum(), x)
         torch.testing.assert_close(got, expected)
-    assert FishNet(TINY, norm="FrozenBN").stem.conv2.norm.__class__ is FusedFrozenBatchNorm2d
+    assert FishNet(TINY_ARCH, norm="FrozenBN").stem.conv2.norm.__class__ is FusedFrozenBatchNorm2d
 
 
 # --- channels-last memory format ------------------------------------------------------------------
@@ -165,9 +157,8 @@ def test_fused_frozen_batchnorm_equals_detectron2s(requires_grad):
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
 def test_channels_last_equals_nchw(norm):
-    nchw, channels_last = twin_models(norm)
-    nchw.channels_last = False
-    assert channels_last.channels_last  # the default
+    channels_last, nchw = twin_models(norm, channels_last=False)
+    assert channels_last.channels_last and not nchw.channels_last  # channels-last is the default
     x = images(2, 3, 64, 96)
     outputs, grads = train_step(nchw.train(), x)
     cl_outputs, cl_grads = train_step(channels_last.train(), x)
@@ -188,8 +179,7 @@ def test_channels_last_comparison_catches_a_layout_bug(monkeypatch):
         return grouped.sum(2)
 
     monkeypatch.setattr(ChannelSumReduction, "forward", nchw_only)
-    nchw, channels_last = twin_models("FrozenBN")
-    nchw.channels_last = False
+    channels_last, nchw = twin_models("FrozenBN", channels_last=False)
     x = images(2, 3, 64, 96)
     outputs, _ = train_step(nchw.train(), x)
     cl_outputs, _ = train_step(channels_last.train(), x)

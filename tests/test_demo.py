@@ -29,7 +29,6 @@ from fishnet_d2.engine import main as train_net_main
 from fishnet_d2.engine import setup
 
 from .common import REPO
-from .synthetic_inputs import one_torch_thread  # noqa: F401 (fixture)
 
 DEMO_CONFIG = REPO / "configs" / "Demo" / "mask_rcnn_fishnet_tiny_FPN_demo.yaml"
 PREFIX = "fishnet_tests_demo_smoke"
@@ -201,7 +200,7 @@ def test_demo_config_trains_from_scratch_on_the_demo_datasets(tmp_path):
     assert cfg.DATASETS.TRAIN == ("fishnet_demo_train",) and cfg.DATASETS.TEST == (
         "fishnet_demo_val",
     )
-    assert cfg.SEED >= 0
+    assert cfg.SEED == 42  # a fixed seed: the demo's numbers repeat (test_demo_training_is_deterministic)
 
 
 def test_demo_training_is_deterministic(demo_run, tmp_path):

@@ -18,7 +18,7 @@ from fishnet_d2.engine import launch, main, setup
 from fishnet_d2.evaluation import build_evaluator, build_evaluators
 
 from .common import REPO, fishnet_cfg
-from .synthetic_inputs import one_torch_thread, shrink_config  # noqa: F401 (fixture)
+from .synthetic_inputs import shrink_config
 from .tiny_detection import TINY_SHAPES
 
 PAPER_MASK_RCNN = REPO / "configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"

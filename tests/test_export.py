@@ -20,8 +20,8 @@ from PIL import Image
 from fishnet_d2 import FishNet
 from fishnet_d2.data import DEMO_SPEC, render_split
 
-from .common import fishnet_cfg, use_tiny_arch
-from .tiny_detection import TINY_FISHNET_ARCH, tiny_mask_rcnn_cfg
+from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .tiny_detection import tiny_mask_rcnn_cfg
 
 # torch 2.14 deprecates TorchScript (which Detectron2's export tools are built on) and its ONNX
 # exporter; these tests check that the deprecated paths still work.
@@ -30,7 +30,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
 ]
 
-ALL_FEATURES = ["stem", "tail3", "tail4", "tail5", "bridge", "body4", "body3", "body2", "head2", "head3", "head4", "head5"]
 
 
 def detectron2_export(module: str) -> types.ModuleType:
@@ -70,7 +69,7 @@ def fpn_backbone():
 
 def fishnet(norm: str):
     torch.manual_seed(0)
-    return FishNet(TINY_FISHNET_ARCH, norm=norm, num_classes=4, out_features=ALL_FEATURES + ["linear"]).eval()
+    return FishNet(TINY_ARCH, norm=norm, num_classes=4, out_features=ALL_FEATURES + ["linear"]).eval()
 
 
 def randomize_batchnorm(model):

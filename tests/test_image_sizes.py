@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from fishnet_d2 import FishNet
 
-from .common import fishnet_cfg, use_tiny_arch
-from .tiny_detection import TINY_FISHNET_ARCH, tiny_mask_rcnn_cfg
+from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .tiny_detection import tiny_mask_rcnn_cfg
 
 MAX_PIXELS = 2**15  # keeps each inference small: the long side goes to 1024 only on thin images
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -74,7 +74,7 @@ def backbones():
     fpn_cfg = use_tiny_arch(fishnet_cfg())
     fpn_cfg.MODEL.BACKBONE.NAME = "build_fishnet_fpn_backbone"
     fpn_cfg.MODEL.FPN.IN_FEATURES = ["head2", "head3", "head4", "head5"]
-    return {"FishNet": FishNet(TINY_FISHNET_ARCH).eval(), "FishNet-FPN": build_backbone(fpn_cfg).eval()}
+    return {"FishNet": FishNet(TINY_ARCH).eval(), "FishNet-FPN": build_backbone(fpn_cfg).eval()}
 
 
 @st.composite

@@ -16,12 +16,7 @@ from fishnet_d2 import FishNet
 from fishnet_d2.data import register_synthetic_shapes
 
 from .common import REPO
-from .synthetic_inputs import (  # noqa: F401 (fixture)
-    IMAGE_SIZE,
-    one_torch_thread,
-    shrink_lazy_model,
-    synthetic_batch,
-)
+from .synthetic_inputs import IMAGE_SIZE, shrink_lazy_model, synthetic_batch
 from .tiny_detection import TINY_SHAPES
 
 LAZY_CONFIGS = sorted(
@@ -158,7 +153,6 @@ def test_lazyconfig_train_net_sequence(path, tiny_shapes, tmp_path):
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=False)
     trainer.train(0, cfg.train.max_iter)
 
-    assert isinstance(optim.param_groups[0]["lr"], float)
     assert (tmp_path / "model_final.pth").is_file()
     metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert any(m["iteration"] == cfg.train.max_iter - 1 and "total_loss" in m for m in metrics)

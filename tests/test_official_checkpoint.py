@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 
 from fishnet_d2 import FISHNET_VARIANTS, FishNet
 from fishnet_d2.convert import (
-    CheckpointError,
+    CheckpointLoadError,
     convert_official_state_dict,
     load_official_state_dict,
     save_d2_checkpoint,
@@ -128,7 +128,7 @@ def test_converter_lists_mismatches_and_writes_nothing(tmp_path, damage, expecte
 
 def test_converter_rejects_other_models_and_truncated_files(tmp_path):
     torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "linear.pth")
-    with pytest.raises(CheckpointError, match="not an official FishNet state_dict"):
+    with pytest.raises(CheckpointLoadError, match="not an official FishNet state_dict"):
         convert_official_state_dict(load_official_state_dict(str(tmp_path / "linear.pth")))
 
     torch.save(random_official_state_dict(99), tmp_path / "full.pth")

@@ -74,7 +74,7 @@ BAD_WEIGHTS = {
     "truncated.pth": (CheckpointLoadError, "truncated.pth: not a readable torch checkpoint (truncated"),
     "malicious.pkl": (UnsafeCheckpointError, "malicious.pkl: refused to load: reading it would call io.open"),
     "resnet.pth": (CheckpointLoadError, "resnet.pth: the weights of another model"),
-    "weights.pth?strict=True": (ValueError, "unsupported options 'strict=True'"),
+    "weights.pth?strict=True": (ValueError, "Unsupported query remaining: f{'strict': ['True']}"),
 }
 
 

@@ -6,15 +6,9 @@ from typing import Dict, Optional, Tuple
 
 from detectron2.config import CfgNode
 
-from fishnet_d2 import FishNetArch
 from fishnet_d2.data import ShapeImageParams, SyntheticShapesSpec, ensure_synthetic_shapes, register_synthetic_shapes
 
-from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
-
-# TINY_ARCH as a FishNetArch, for building FishNet directly.
-TINY_FISHNET_ARCH = FishNetArch(
-    **{key.lower(): tuple(v) if isinstance(v, list) else v for key, v in TINY_ARCH.items()}
-)
+from .common import fishnet_cfg, use_tiny_arch
 
 # The demo's 4 shape categories, small images, few of them.
 TINY_SHAPES = SyntheticShapesSpec(
@@ -67,14 +61,6 @@ def tiny_mask_rcnn_cfg() -> CfgNode:
     cfg.SOLVER.WARMUP_ITERS = 0
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
     return cfg
-
-
-def tiny_arch_opts() -> list:
-    """TINY_ARCH as command-line overrides (``KEY VALUE ...``) of a FishNet config."""
-    opts = ["MODEL.FISHNET.DEPTH", "0"]
-    for key, value in TINY_ARCH.items():
-        opts += [f"MODEL.FISHNET.ARCH.{key}", str(value)]
-    return opts
 
 
 def register_tiny_shapes(root: Path) -> Dict[str, str]:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
@@ -15,6 +14,8 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ..atomic_file import atomic_write
 
 __all__ = [
     "PredictionPanel",
@@ -38,27 +39,11 @@ class PredictionPanel:
     num_predictions: int  # predictions drawn (score >= the threshold)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _save_figure(figure: Figure, path: PathLike) -> Path:
     """Write ``figure`` as a PNG to ``path``, atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; give it a new file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    atomic_write(str(path), lambda f: figure.savefig(f, format="png"))
+    return Path(path)
 
 
 @torch.no_grad()

@@ -71,19 +71,23 @@ def _single_test_dataset(cfg: CfgNode) -> str:
 
 def train_and_evaluate(cfg: CfgNode) -> Tuple[torch.nn.Module, Dict]:
     """Train ``cfg`` from ``MODEL.WEIGHTS`` (no resuming) with :class:`fishnet_d2.engine.Trainer`,
-    which saves ``OUTPUT_DIR/model_final.pth`` and evaluates ``DATASETS.TEST`` when it finishes.
+    which saves ``OUTPUT_DIR/model_final.pth``, then evaluate ``DATASETS.TEST`` once.
 
     Returns:
         the trained model (unwrapped from DistributedDataParallel) and the evaluation results
         (task -> metric -> value; empty in all processes but the main one).
     """
     dataset_name = _single_test_dataset(cfg)
-    trainer = Trainer(cfg)
+    # The trainer's own end-of-training evaluation keeps its results to itself: train without a
+    # test set, and evaluate here.
+    train_cfg = cfg.clone()
+    train_cfg.defrost()
+    train_cfg.DATASETS.TEST = ()
+    train_cfg.freeze()
+    trainer = Trainer(train_cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    # DefaultTrainer's evaluation hook evaluated DATASETS.TEST after the last iteration and kept
-    # the results (in the main process) in _last_eval_results.
-    results = getattr(trainer, "_last_eval_results", None) or {}
+    results = Trainer.test(cfg, trainer.model)
     if comm.is_main_process() and not results:
         raise RuntimeError(f"training finished, but {dataset_name} was not evaluated")
     model = trainer.model

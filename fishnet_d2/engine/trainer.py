@@ -8,12 +8,13 @@ from typing import Dict, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..backports import DefaultTrainer
 from ..checkpoint import FishNetCheckpointer
 from ..evaluation import build_evaluator
 from ..solver import build_optimizer
@@ -30,15 +31,16 @@ class Trainer(DefaultTrainer):
       differs from the number of processes (:meth:`auto_scale_workers`);
     * evaluators from the dataset's ``evaluator_type`` (:func:`fishnet_d2.evaluation.build_evaluator`);
     * checkpoints read and written by :class:`fishnet_d2.checkpoint.FishNetCheckpointer`, with the
-      optimizer's state;
+      optimizer's state (as Detectron2 main's ``DefaultTrainer``; :mod:`fishnet_d2.backports`);
     * DistributedDataParallel on CPU (GLOO, see :func:`fishnet_d2.engine.launch`).
     """
 
     def __init__(self, cfg: CfgNode):
-        # DefaultTrainer.__init__'s steps, in its order, but scaling with this class's
-        # auto_scale_workers (DefaultTrainer's calls its own) and wrapping CPU models in DDP
-        # without device_ids (torch only accepts them for GPU models).
-        super(DefaultTrainer, self).__init__()
+        # DefaultTrainer.__init__'s steps (v0.6 and main alike), in its order, but scaling with
+        # this class's auto_scale_workers (DefaultTrainer's calls its own) and wrapping CPU models
+        # in DDP without device_ids (torch only accepts them for GPU models; DefaultTrainer always
+        # passes them). DefaultTrainer keeps the SimpleTrainer it runs as `_trainer`.
+        TrainerBase.__init__(self)  # not DefaultTrainer.__init__: its steps follow
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
@@ -59,18 +61,6 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
-
-    # The trainer's state in checkpoints includes the optimizer's (SimpleTrainer.state_dict), as
-    # newer Detectron2's DefaultTrainer does; v0.6's saves only the iteration and hooks, so a
-    # resumed run would restart SGD's momentum from zero.
-    def state_dict(self) -> Dict:
-        state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict: Dict) -> None:
-        super().load_state_dict(state_dict)
-        self._trainer.load_state_dict(state_dict["_trainer"])
 
     @staticmethod
     def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:

@@ -1,18 +1,23 @@
-from .arch import FISHNET_VARIANTS, FishNetArch
+from .arch import FISHNET_VARIANTS, FishNetArch, fishnet_arch
 from .build import (
     build_fishnet_backbone,
     build_fishnet_fpn_backbone,
     build_retinanet_fishnet_fpn_backbone,
     fishnet_arch_from_config,
+    fishnet_arch_to_config,
 )
+from .errors import InvalidValue
 from .fishnet import FishNet
 
 __all__ = [
     "FISHNET_VARIANTS",
     "FishNetArch",
     "FishNet",
+    "InvalidValue",
+    "fishnet_arch",
     "build_fishnet_backbone",
     "build_fishnet_fpn_backbone",
     "build_retinanet_fishnet_fpn_backbone",
     "fishnet_arch_from_config",
+    "fishnet_arch_to_config",
 ]

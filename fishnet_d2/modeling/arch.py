@@ -1,9 +1,13 @@
-"""FishNet architectures as data: one typed record per architecture, and the official variants."""
+"""FishNet architectures as data: one typed record per architecture, the official variants, and
+the one rule that turns a depth (or a custom description) into an architecture."""
 
+import dataclasses
 from dataclasses import dataclass, fields
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
-__all__ = ["FishNetArch", "FISHNET_VARIANTS"]
+from .errors import InvalidValue
+
+__all__ = ["FishNetArch", "FISHNET_VARIANTS", "VARIANT_OPTIONS", "fishnet_arch"]
 
 
 @dataclass(frozen=True)
@@ -38,34 +42,32 @@ class FishNetArch:
     def __post_init__(self) -> None:
         n = len(self.tail_channels)
         if n < 1:
-            raise ValueError("tail_channels is empty; a FishNet has at least one stage per part")
-        per_stage = [f.name for f in fields(self) if f.name.endswith(("_channels", "_blocks", "_dilations"))]
-        for name in per_stage:
-            value = getattr(self, name)
-            if name in ("stem_channels", "bridge_blocks"):
+            raise InvalidValue("tail_channels", self.tail_channels, "empty; a FishNet has at least one stage per part")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type is int:
                 if not isinstance(value, int) or value < 1:
-                    raise ValueError(f"{name}={value!r}: must be a positive integer")
-                continue
-            if len(value) != n or not all(isinstance(v, int) and v >= 1 for v in value):
-                raise ValueError(
-                    f"{name}={tuple(value)!r}: must be {n} positive integers, one per stage "
-                    f"(tail_channels has {n} stages)"
+                    raise InvalidValue(f.name, value, "must be a positive integer")
+            elif len(value) != n or not all(isinstance(v, int) and v >= 1 for v in value):
+                raise InvalidValue(
+                    f.name, value, f"must be {n} positive integers, one per stage ({{tail_channels}} has {n} stages)"
                 )
         for name in ("stem_channels", "tail_channels", "body_channels", "head_channels"):
             widths = getattr(self, name)
             if min(widths if isinstance(widths, tuple) else (widths,)) < 4:
-                raise ValueError(f"{name}={widths!r}: widths must be >= 4 (bottlenecks use width / 4)")
+                raise InvalidValue(name, widths, "widths must be >= 4 (bottlenecks use width / 4)")
         if self.tail_channels[-1] < 16:
-            raise ValueError(
-                f"tail_channels[-1]={self.tail_channels[-1]}: must be >= 16 "
-                "(the bridge's SE unit squeezes it by 16)"
+            raise InvalidValue(
+                "tail_channels", self.tail_channels[-1], "must be >= 16 (the bridge's SE unit squeezes it by 16)", index=-1
             )
         for i, (c_in, c_out) in enumerate(zip(self.body_in_channels, self.body_channels)):
             if c_in % c_out:
-                raise ValueError(
-                    f"body_channels[{i}]={c_out}: must divide the {c_in} channels entering body stage "
-                    f"{i}, which the UR-block reduces by channel-wise summation (paper, eq. 8); "
-                    f"allowed: divisors of {c_in}"
+                raise InvalidValue(
+                    "body_channels",
+                    c_out,
+                    f"must divide the {c_in} channels entering body stage {i}, which the UR-block "
+                    f"reduces by channel-wise summation (paper, eq. 8); allowed: divisors of {c_in}",
+                    index=i,
                 )
 
     @property
@@ -155,3 +157,41 @@ FISHNET_VARIANTS: Dict[int, FishNetArch] = {
         head_transfer_blocks=(2, 2, 9),
     ),
 }
+
+
+# What may change on an official variant without making it another architecture: the dilation
+# leaves no trace in the weights (the paper's ablation, sec. 4.3, varies it on FishNet-150).
+VARIANT_OPTIONS = ("body_dilations",)
+
+
+def fishnet_arch(depth: int = 150, **fields: Any) -> FishNetArch:
+    """The architecture of FishNet-``depth`` (99, 150 or 201), with ``depth=0`` the custom one that
+    ``fields`` (FishNetArch's fields) describe. An official variant takes only ``VARIANT_OPTIONS``.
+
+    The one rule behind ``MODEL.FISHNET.DEPTH`` / ``ARCH`` (:func:`fishnet_arch_from_config`) and
+    the LazyConfig files (``L(FishNet)(arch=L(fishnet_arch)(depth=150), ...)``: a LazyConfig
+    cannot hold a FishNetArch, OmegaConf turns dataclasses into plain configs). Lists (OmegaConf's
+    ListConfig too) become tuples.
+    """
+    fields = {name: value if isinstance(value, int) else tuple(value) for name, value in fields.items()}
+    if depth == 0:
+        missing = [f.name for f in dataclasses.fields(FishNetArch) if f.name not in fields and f.name not in VARIANT_OPTIONS]
+        if missing:
+            raise InvalidValue(
+                "depth", depth, "asks for a custom architecture, but these are not set: "
+                + ", ".join(f"{{{name}}}" for name in missing),
+            )
+        return FishNetArch(**fields)
+    if depth not in FISHNET_VARIANTS:
+        raise InvalidValue(
+            "depth", depth, f"allowed {sorted(FISHNET_VARIANTS)} (official variants) or 0 (custom architecture)"
+        )
+    given = [name for name in fields if name not in VARIANT_OPTIONS]
+    if given:
+        raise InvalidValue(
+            "depth",
+            depth,
+            "selects an official variant, but " + ", ".join(f"{{{name}}}" for name in given)
+            + " is set: set {depth} to 0 to use a custom architecture, or leave those unset",
+        )
+    return dataclasses.replace(FISHNET_VARIANTS[depth], **fields)

@@ -1,87 +1,64 @@
 """The registered builders: the only code that reads ``cfg.MODEL.FISHNET``."""
 
-import re
-from typing import List
+import dataclasses
+from typing import Any, Dict, List
 
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
-from .arch import FISHNET_VARIANTS, FishNetArch
+from .arch import VARIANT_OPTIONS, FishNetArch, fishnet_arch
+from .errors import InvalidValue
 from .fishnet import FishNet
 
 __all__ = [
     "fishnet_arch_from_config",
+    "fishnet_arch_to_config",
     "build_fishnet_backbone",
     "build_fishnet_fpn_backbone",
     "build_retinanet_fishnet_fpn_backbone",
 ]
 
-# MODEL.FISHNET.ARCH keys, as FishNetArch field names.
-_ARCH_KEYS = {
-    "STEM_CHANNELS": "stem_channels",
-    "TAIL_CHANNELS": "tail_channels",
-    "BODY_CHANNELS": "body_channels",
-    "HEAD_CHANNELS": "head_channels",
-    "TAIL_BLOCKS": "tail_blocks",
-    "BRIDGE_BLOCKS": "bridge_blocks",
-    "BODY_BLOCKS": "body_blocks",
-    "HEAD_BLOCKS": "head_blocks",
-    "BODY_TRANSFER_BLOCKS": "body_transfer_blocks",
-    "HEAD_TRANSFER_BLOCKS": "head_transfer_blocks",
-}
-_NORMS = "FrozenBN, BN, SyncBN, nnSyncBN, naiveSyncBN, GN, '' (none), or what your detectron2's get_norm accepts"
+# FishNetArch's fields that MODEL.FISHNET.ARCH holds, each as the upper-case key; the others
+# (VARIANT_OPTIONS) are keys of MODEL.FISHNET itself, as they apply to the official variants too.
+ARCH_KEYS = [f.name for f in dataclasses.fields(FishNetArch) if f.name not in VARIANT_OPTIONS]
 
 
-def _as_tuple(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+def config_key(name: str) -> str:
+    """The config key of a FishNetArch field or a FishNet argument."""
+    if name == "in_channels":
+        return "input_shape.channels"
+    if name in ARCH_KEYS:
+        return f"MODEL.FISHNET.ARCH.{name.upper()}"
+    return f"MODEL.FISHNET.{name.upper()}"
 
 
 def fishnet_arch_from_config(cfg: CfgNode) -> FishNetArch:
-    """The architecture ``MODEL.FISHNET`` describes (DEPTH, or ARCH with DEPTH 0, and dilations)."""
+    """The architecture ``MODEL.FISHNET`` describes: :func:`fishnet_arch` of DEPTH, with the
+    ARCH keys that are set (0 and [] are unset) and BODY_DILATIONS."""
     fish = cfg.MODEL.FISHNET
-    depth = fish.DEPTH
-    custom = {key: _as_tuple(fish.ARCH[key]) for key in _ARCH_KEYS}
-    given = [key for key, value in custom.items() if value not in (0, ())]
-    dilations = _as_tuple(fish.BODY_DILATIONS)
-    if depth == 0:
-        missing = [f"MODEL.FISHNET.ARCH.{key}" for key in _ARCH_KEYS if key not in given]
-        if missing:
-            raise ValueError(
-                f"MODEL.FISHNET.DEPTH=0 asks for the custom architecture in MODEL.FISHNET.ARCH, "
-                f"but these keys are not set: {missing}"
-            )
-        fields = {_ARCH_KEYS[key]: value for key, value in custom.items()}
-    elif depth in FISHNET_VARIANTS:
-        if given:
-            raise ValueError(
-                f"MODEL.FISHNET.DEPTH={depth} selects an official variant, but "
-                f"MODEL.FISHNET.ARCH sets {given}; set MODEL.FISHNET.DEPTH to 0 to use a custom "
-                "architecture, or leave MODEL.FISHNET.ARCH empty"
-            )
-        fields = {name: getattr(FISHNET_VARIANTS[depth], name) for name in _ARCH_KEYS.values()}
-    else:
-        raise ValueError(
-            f"MODEL.FISHNET.DEPTH={depth!r}: allowed {sorted(FISHNET_VARIANTS)} (official variants) "
-            "or 0 (custom architecture in MODEL.FISHNET.ARCH)"
-        )
+    fields: Dict[str, Any] = {name: fish.ARCH[name.upper()] for name in ARCH_KEYS}
+    fields = {name: value for name, value in fields.items() if value not in (0, [], ())}
+    fields.update({name: fish[name.upper()] for name in VARIANT_OPTIONS})
     try:
-        return FishNetArch(**fields, body_dilations=dilations)
-    except ValueError as e:
-        # FishNetArch names its fields; say which config keys they are.
-        message = str(e)
-        for key, name in {**_ARCH_KEYS, "BODY_DILATIONS": "body_dilations"}.items():
-            prefix = "MODEL.FISHNET." if key == "BODY_DILATIONS" else "MODEL.FISHNET.ARCH."
-            message = re.sub(rf"\b{name}\b", prefix + key, message)
-        raise ValueError(message) from None
+        return fishnet_arch(fish.DEPTH, **fields)
+    except InvalidValue as e:
+        raise ValueError(e.message(config_key)) from None
 
 
-def _check_norm(norm) -> None:
-    try:
-        get_norm(norm, 64)
-    except (KeyError, ValueError, TypeError):
-        raise ValueError(f"MODEL.FISHNET.NORM={norm!r}: allowed {_NORMS}") from None
+def fishnet_arch_to_config(arch: FishNetArch) -> Dict[str, Any]:
+    """The ``MODEL.FISHNET`` values that describe ``arch`` (DEPTH 0, ARCH, and VARIANT_OPTIONS), as
+    nested dicts of lists and ints: what :func:`fishnet_arch_from_config` reads back."""
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return {
+        "DEPTH": 0,
+        "ARCH": {name.upper(): plain(getattr(arch, name)) for name in ARCH_KEYS},
+        **{name.upper(): plain(getattr(arch, name)) for name in VARIANT_OPTIONS},
+    }
 
 
 @BACKBONE_REGISTRY.register()
@@ -89,32 +66,20 @@ def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
     """A :class:`FishNet` from ``cfg.MODEL.FISHNET``."""
     fish = cfg.MODEL.FISHNET
     arch = fishnet_arch_from_config(cfg)
-    _check_norm(fish.NORM)
-    num_classes = fish.NUM_CLASSES
-    if not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"MODEL.FISHNET.NUM_CLASSES={num_classes!r}: allowed 0 (no classifier) or > 0")
-    num_stages = 2 + 3 * arch.num_stages  # stem, tail, bridge, body, head
-    if not isinstance(fish.FREEZE_AT, int) or not 0 <= fish.FREEZE_AT <= num_stages:
-        raise ValueError(
-            f"MODEL.FISHNET.FREEZE_AT={fish.FREEZE_AT!r}: allowed 0 to {num_stages} "
-            "(0 freezes nothing, k the first k stages: stem, tail, bridge, body, head)"
-        )
-    if input_shape.channels is None or input_shape.channels < 1:
-        raise ValueError(f"input_shape.channels={input_shape.channels!r}: must be >= 1")
     try:
         return FishNet(
             arch,
             in_channels    = input_shape.channels,
             norm           = fish.NORM,
             out_features   = fish.OUT_FEATURES,
-            num_classes    = num_classes,
+            num_classes    = fish.NUM_CLASSES,
             freeze_at      = fish.FREEZE_AT,
             freeze_stem_conv1 = fish.FREEZE_STEM_CONV1,
             activation_checkpointing = fish.CHECKPOINT,
             channels_last  = fish.CHANNELS_LAST,
         )  # fmt: skip
-    except ValueError as e:
-        raise ValueError(f"MODEL.FISHNET.OUT_FEATURES: {e}") from None
+    except InvalidValue as e:
+        raise ValueError(e.message(config_key)) from None
 
 
 def _fpn_in_features(cfg: CfgNode, bottom_up: Backbone) -> List[str]:

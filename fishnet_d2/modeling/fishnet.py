@@ -10,10 +10,17 @@ from torch import nn
 
 from .arch import FishNetArch
 from .blocks import Norm, ScoreUnit
-from .recompute import recompute_in_backward
-from .stages import Bridge, DownRefinementStage, FishStem, TailStage, UpRefinementStage
+from .errors import InvalidValue
+from .stages import Bridge, DownRefinementStage, FishStage, FishStem, TailStage, UpRefinementStage
 
-__all__ = ["FishNet"]
+__all__ = ["FishNet", "ChannelsLast"]
+
+
+class ChannelsLast(nn.Module):
+    """Puts its input in the channels-last memory format (NHWC); the values are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 class FishNet(Backbone):
@@ -69,11 +76,18 @@ class FishNet(Backbone):
                 the same; what reads them, e.g. an FPN, runs in that format too).
         """
         super().__init__()
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise InvalidValue("in_channels", in_channels, "must be a positive integer")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise InvalidValue("num_classes", num_classes, "allowed 0 (no classifier) or > 0")
         self.arch = arch
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.activation_checkpointing = activation_checkpointing
         self.channels_last = channels_last
+        # The input's memory format, chosen once: oneDNN's and cuDNN's convolutions run fastest on
+        # channels-last, and every layer after the first keeps the format of its input.
+        self.input_format = ChannelsLast() if channels_last else nn.Identity()
         self._out_feature_strides: Dict[str, int] = {}
         self._out_feature_channels: Dict[str, int] = {}
         n = arch.num_stages
@@ -155,6 +169,8 @@ class FishNet(Backbone):
             if num_classes > 0:
                 out_features.append("linear")
         self._out_features = self._check_out_features(out_features)
+        for stage in self.stages():
+            stage.recompute_in_backward = activation_checkpointing
         self.freeze(freeze_at)
         if freeze_stem_conv1:
             self.stem.conv1.freeze()
@@ -169,15 +185,18 @@ class FishNet(Backbone):
         allowed = list(self._out_feature_channels)
         unknown = [f for f in out_features if f not in allowed]
         if unknown or not out_features:
-            raise ValueError(
-                f"out_features={out_features}: {'unknown ' + str(unknown) if unknown else 'empty'}; "
-                f"allowed: {allowed}"
-                + ("" if self.num_classes > 0 else " ('linear' needs num_classes > 0)")
+            raise InvalidValue(
+                "out_features",
+                out_features,
+                f"{'unknown ' + str(unknown) if unknown else 'empty'}; allowed: {allowed}"
+                + ("" if self.num_classes > 0 else " ('linear' needs {num_classes} > 0)"),
             )
         if self.num_classes > 0 and "linear" not in out_features:
-            raise ValueError(
-                f"out_features={out_features}: num_classes={self.num_classes} adds a classifier, "
-                "so 'linear' must be among the out_features (else it gets no gradient)"
+            raise InvalidValue(
+                "out_features",
+                out_features,
+                f"{{num_classes}}={self.num_classes} adds a classifier, so 'linear' must be among "
+                "them (else it gets no gradient)",
             )
         return out_features
 
@@ -193,7 +212,7 @@ class FishNet(Backbone):
             for name in self._out_features
         }
 
-    def stages(self) -> List[nn.Module]:
+    def stages(self) -> List[FishStage]:
         """All stages in the order they run; ``freeze_at=k`` freezes the first ``k``."""
         return [self.stem, *self.tail, self.bridge, *self.body, *self.head]
 
@@ -206,8 +225,13 @@ class FishNet(Backbone):
         The classifier is never frozen by ``freeze_at``.
         """
         stages = self.stages()
-        if not 0 <= freeze_at <= len(stages):
-            raise ValueError(f"freeze_at={freeze_at}: allowed 0 to {len(stages)} (number of stages)")
+        if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= len(stages):
+            raise InvalidValue(
+                "freeze_at",
+                freeze_at,
+                f"allowed 0 to {len(stages)} (0 freezes nothing, k the first k stages: stem, tail, "
+                "bridge, body, head)",
+            )
         for stage in stages[:freeze_at]:
             stage.freeze()
         return self
@@ -220,63 +244,30 @@ class FishNet(Backbone):
             dict of the requested features.
         """
         self._check_input(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        # With activation checkpointing, each stage keeps only its inputs for the backward pass.
-        # (TorchScript leaves out the branches after `not torch.jit.is_scripting() and`: a
-        # scripted FishNet never checkpoints.)
-        recompute = self._recompute_in_backward()
-        features: Dict[str, torch.Tensor] = {}
-        if not torch.jit.is_scripting() and recompute:
-            x = recompute_in_backward(self.stem, x)
-        else:
-            x = self.stem(x)
-        features[self.stem.name] = x
+        x = self.stem(self.input_format(x))
+        features: Dict[str, torch.Tensor] = {self.stem.name: x}
         # The transfer blocks of a body stage read the tail (or stem) feature at the stage's
         # output resolution; those of a head stage read the body (or bridge) feature.
         tail_by_level: Dict[int, torch.Tensor] = {self.stem.level: x}
         for stage in self.tail:
-            if not torch.jit.is_scripting() and recompute:
-                x = recompute_in_backward(stage, x)
-            else:
-                x = stage(x)
+            x = stage(x)
             features[stage.name] = x
             tail_by_level[stage.level] = x
-        if not torch.jit.is_scripting() and recompute:
-            x = recompute_in_backward(self.bridge, x)
-        else:
-            x = self.bridge(x)
+        x = self.bridge(x)
         features[self.bridge.name] = x
         body_by_level: Dict[int, torch.Tensor] = {self.bridge.level: x}
         for stage in self.body:
-            lateral = tail_by_level[stage.level]
-            if not torch.jit.is_scripting() and recompute:
-                x = recompute_in_backward(stage, x, lateral)
-            else:
-                x = stage(x, lateral)
+            x = stage(x, tail_by_level[stage.level])
             features[stage.name] = x
             body_by_level[stage.level] = x
         for i, stage in enumerate(self.head):
-            lateral = body_by_level[stage.level]
-            if not torch.jit.is_scripting() and recompute:
-                refined, x = recompute_in_backward(stage, x, lateral)
-            else:
-                refined, x = stage(x, lateral)
+            refined, x = stage(x, body_by_level[stage.level])
             if i == 0:
                 features[self._head_refined_name] = refined
             features[stage.name] = x
         if self.classifier is not None:
             features["linear"] = self.classifier(x).flatten(1)
         return {name: features[name] for name in self._out_features}
-
-    def _recompute_in_backward(self) -> bool:
-        """Whether this forward checkpoints its stages: only when training with autograd on."""
-        return (
-            self.activation_checkpointing
-            and self.training
-            and torch.is_grad_enabled()
-            and not torch.jit.is_tracing()
-        )
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

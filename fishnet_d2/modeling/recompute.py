@@ -1,7 +1,7 @@
 """Activation checkpointing for FishNet's stages (``MODEL.FISHNET.CHECKPOINT``)."""
 
 import contextlib
-from typing import Any, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import torch
 from torch import nn
@@ -11,9 +11,10 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["recompute_in_backward"]
 
 
-def recompute_in_backward(stage: nn.Module, *inputs: torch.Tensor) -> Any:
-    """``stage(*inputs)``, keeping only the inputs for the backward pass, which runs the stage a
-    second time to get the activations it needs (``torch.utils.checkpoint``, non-reentrant).
+def recompute_in_backward(stage: nn.Module, run: Callable[..., Any], *inputs: torch.Tensor) -> Any:
+    """``run(*inputs)`` (a call of ``stage``), keeping only the inputs for the backward pass, which
+    runs the stage a second time to get the activations it needs (``torch.utils.checkpoint``,
+    non-reentrant).
 
     Outputs, gradients and BatchNorm's running statistics are those of ``stage(*inputs)``: the
     second pass must not update the statistics again. Under ``torch.compile`` it does not (the
@@ -22,9 +23,9 @@ def recompute_in_backward(stage: nn.Module, *inputs: torch.Tensor) -> Any:
     """
     updating = [m for m in stage.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not updating or torch.compiler.is_compiling():
-        return checkpoint(stage, *inputs, use_reentrant=False)
+        return checkpoint(run, *inputs, use_reentrant=False)
     return checkpoint(
-        stage,
+        run,
         *inputs,
         use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(updating)),

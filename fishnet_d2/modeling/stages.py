@@ -3,7 +3,7 @@
 Each stage knows its output ``level`` (stride ``2**level``) and the ``name`` of its output feature.
 """
 
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,15 +12,17 @@ from torch import nn
 from .blocks import (
     ChannelSumReduction,
     ConvNormReLU,
+    FishNetBlockBase,
     Norm,
     PreActBottleneck,
     PreActProjection,
-    SqueezeExcitation,
     ScoreUnit,
+    SqueezeExcitation,
 )
-from detectron2.layers import CNNBlockBase
+from .recompute import recompute_in_backward
 
 __all__ = [
+    "FishStage",
     "FishStem",
     "TailStage",
     "Bridge",
@@ -67,7 +69,27 @@ def transfer_blocks(channels: int, num_blocks: int, norm: Norm) -> nn.Sequential
     )
 
 
-class FishStem(CNNBlockBase):
+class FishStage(FishNetBlockBase):
+    """What every stage shares: the ``name`` and ``level`` (stride ``2**level``) of its output, and
+    how it runs in training. With ``recompute_in_backward`` (FishNet's ``activation_checkpointing``,
+    set when the model is built), a training forward keeps only the stage's inputs, and the
+    backward pass runs the stage again for the rest. ``forward`` is the data flow either way.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, name: str, level: int):
+        super().__init__(in_channels, out_channels, stride)
+        self.name = name
+        self.level = level
+        self.recompute_in_backward = False
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        # TorchScript compiles forward only: a scripted FishNet never recomputes, as in eval.
+        if self.recompute_in_backward and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return recompute_in_backward(self, super().__call__, *inputs)
+        return super().__call__(*inputs)
+
+
+class FishStem(FishStage):
     """Three ``conv3x3-norm-ReLU`` units (the first with stride 2), then 3x3 max-pool, stride 2.
 
     ``conv1`` is the only convolution that sees the full-resolution input; the paper froze it
@@ -75,9 +97,7 @@ class FishStem(CNNBlockBase):
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, norm: Norm = "BN"):
-        super().__init__(in_channels, out_channels, stride=4)
-        self.name = "stem"
-        self.level = 2
+        super().__init__(in_channels, out_channels, stride=4, name="stem", level=2)
         self.conv1 = ConvNormReLU(in_channels, out_channels // 2, stride=2, norm=norm)
         self.conv2 = ConvNormReLU(out_channels // 2, out_channels // 2, norm=norm)
         self.conv3 = ConvNormReLU(out_channels // 2, out_channels, norm=norm)
@@ -87,15 +107,13 @@ class FishStem(CNNBlockBase):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
-class TailStage(CNNBlockBase):
+class TailStage(FishStage):
     """A tail stage: residual blocks, then 2x2 max-pool with stride 2 (paper, sec. 3)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, num_blocks: int, *, level: int, norm: Norm = "BN"
     ):
-        super().__init__(in_channels, out_channels, stride=2)
-        self.name = f"tail{level}"
-        self.level = level
+        super().__init__(in_channels, out_channels, stride=2, name=f"tail{level}", level=level)
         self.blocks = residual_blocks(
             in_channels,
             out_channels,
@@ -108,7 +126,7 @@ class TailStage(CNNBlockBase):
         return F.max_pool2d(self.blocks(x), kernel_size=2, stride=2)
 
 
-class Bridge(CNNBlockBase):
+class Bridge(FishStage):
     """The bridge between tail and body, at the lowest resolution: ``R(s) * a + a``.
 
     ``s`` is the score unit's output (``C -> C/2 -> 2C``), ``a = SE(s)`` its channel attention
@@ -116,9 +134,7 @@ class Bridge(CNNBlockBase):
     """
 
     def __init__(self, channels: int, num_blocks: int, *, level: int, norm: Norm = "BN"):
-        super().__init__(channels, channels, stride=1)
-        self.name = "bridge"
-        self.level = level
+        super().__init__(channels, channels, stride=1, name="bridge", level=level)
         self.score = ScoreUnit(channels, 2 * channels, global_pool=False, norm=norm)
         self.attention = SqueezeExcitation(2 * channels, channels, norm=norm)
         self.blocks = residual_blocks(
@@ -135,7 +151,7 @@ class Bridge(CNNBlockBase):
         return self.blocks(s) * a + a
 
 
-class RefinementStage(CNNBlockBase):
+class RefinementStage(FishStage):
     """What UR- and DR-blocks share: residual blocks ``refine`` that refine the incoming map ``x``
     (``M`` and its shortcut), and transfer blocks ``T`` that carry ``lateral`` over from the
     previous part; the output concatenates the two. Subclasses resample and concatenate."""
@@ -155,9 +171,7 @@ class RefinementStage(CNNBlockBase):
         stride: int,
         norm: Norm,
     ):
-        super().__init__(in_channels, refined_channels + lateral_channels, stride)
-        self.name = name
-        self.level = level
+        super().__init__(in_channels, refined_channels + lateral_channels, stride, name=name, level=level)
         self.refine = residual_blocks(
             in_channels,
             refined_channels,

@@ -6,7 +6,7 @@ from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
 from fishnet_d2 import FishNet
-from fishnet_d2.lazy import fishnet_arch
+from fishnet_d2 import fishnet_arch
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 

@@ -1,0 +1,143 @@
+"""Reading weight files without running code from them: the one reader behind the checkpointer
+(:class:`fishnet_d2.checkpoint.FishNetCheckpointer`) and the converter (:mod:`fishnet_d2.convert`).
+
+* :func:`read_pickle` (``.pkl``, Detectron2 / Detectron1 / Caffe2 model zoo): through
+  :func:`fishnet_d2.safe_pickle.load_pickle`, which rebuilds only containers, strings, numbers and
+  numpy arrays.
+* :func:`read_torch` (anything else): ``torch.load(..., weights_only=True)``, which rebuilds only
+  tensors and plain data.
+
+A file that names any other function or class raises :class:`UnsafeCheckpointError` before
+anything in it runs; empty, truncated and unreadable files raise :class:`CheckpointLoadError`,
+naming the file.
+"""
+
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Dict, List, Mapping
+
+import torch
+
+from .safe_pickle import ForbiddenGlobalError, load_pickle
+
+__all__ = [
+    "CheckpointLoadError",
+    "UnsafeCheckpointError",
+    "listing",
+    "read_pickle",
+    "read_torch",
+    "strip_module_prefix",
+]
+
+
+class CheckpointLoadError(ValueError):
+    """A file that cannot be loaded as a checkpoint of the model: missing data, truncated, not a
+    checkpoint, or the weights of another model."""
+
+
+class UnsafeCheckpointError(CheckpointLoadError):
+    """A file whose unpickling would call a function or class that checkpoints never need."""
+
+
+def _check_not_empty(filename: str) -> None:
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f"{filename}: no such file")
+    if os.path.getsize(filename) == 0:
+        raise CheckpointLoadError(f"{filename}: empty file, not a checkpoint")
+
+
+_MAX_LISTED = 8  # items shown in a message; the rest are counted
+# What load_pickle (.pkl) and torch.load(weights_only=True) rebuild, for the error messages.
+_ALLOWED_PKL = "numpy arrays, dicts, lists, tuples, strings, numbers, booleans and None"
+_ALLOWED_TORCH = "tensors, dicts, lists, tuples, strings, numbers, booleans and None"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _refused(filename: str, global_names: List[str], allowed: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{filename}: refused to load: reading it would call {', '.join(global_names)}, not "
+        f"allowed in a checkpoint (allowed: {allowed}). Nothing in the file was run; it may be "
+        "malicious -- load it only if you trust its source and know why it holds code."
+    )
+
+
+def listing(items: List[str]) -> str:
+    """``items`` joined by commas, at most _MAX_LISTED of them, with how many more there are."""
+    more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + more
+
+
+def read_pickle(filename: str) -> Any:
+    """The content of a model-zoo pickle, rebuilt without running code from it."""
+    _check_not_empty(filename)
+    if zipfile.is_zipfile(filename):
+        raise CheckpointLoadError(
+            f"{filename}: a torch checkpoint (zip archive) under a .pkl name: name it .pth "
+            "(.pkl files are read as Detectron2 model-zoo pickles)"
+        )
+    with open(filename, "rb") as f:
+        try:
+            return load_pickle(f)
+        except ForbiddenGlobalError as e:
+            raise _refused(filename, [f"{e.module}.{e.name}"], _ALLOWED_PKL) from None
+        except Exception as e:  # pickle raises many types for broken data
+            raise CheckpointLoadError(
+                f"{filename}: not a readable pickle (truncated, or not a pickle): {_first_line(e)}"
+            ) from None
+
+
+def _unsafe_globals(filename: str, error: Exception) -> List[str]:
+    """The globals that made ``torch.load(weights_only=True)`` refuse ``filename``."""
+    if zipfile.is_zipfile(filename) and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(filename))
+        except Exception:  # a damaged archive: fall back on torch's message
+            pass
+    return re.findall(r"GLOBAL ([\w.]+)", str(error))[:1]
+
+
+def read_torch(filename: str) -> Any:
+    """The content of a torch-saved file, loaded with ``weights_only=True``."""
+    _check_not_empty(filename)
+    try:
+        return torch.load(filename, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        forbidden = _unsafe_globals(filename, e)
+        if forbidden:
+            raise _refused(filename, forbidden, _ALLOWED_TORCH) from None
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        reason = reason.group(1) if reason else _first_line(e)
+    except Exception as e:  # truncated archives, other formats: torch raises many types
+        raise CheckpointLoadError(
+            f"{filename}: not a readable torch checkpoint (truncated, or another format): "
+            f"{_first_line(e)}"
+        ) from None
+    if not zipfile.is_zipfile(filename):
+        # A plain pickle under a torch name? Say what it would have called, or what it is.
+        try:
+            read_pickle(filename)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointLoadError:
+            pass
+        else:
+            raise CheckpointLoadError(
+                f"{filename}: a plain pickle, not a torch checkpoint (torch.save writes a zip "
+                "archive); if it is in Detectron2's model-zoo format, name it .pkl"
+            )
+    raise CheckpointLoadError(
+        f"{filename}: not a readable torch checkpoint (truncated, or another format): {reason}"
+    )
+
+
+def strip_module_prefix(weights: Mapping[str, Any]) -> Dict[str, Any]:
+    """As fvcore does before loading: drop DataParallel's ``module.`` when every key has it."""
+    if weights and all(k.startswith("module.") for k in weights):
+        return {k[len("module.") :]: v for k, v in weights.items()}
+    return dict(weights)
