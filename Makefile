@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 READY := $(VENV)/.fishnet_d2_ready
 export VENV
 
-.PHONY: demo test setup clean-venv
+.PHONY: demo test test-fast setup clean-venv
 
 setup: $(READY)
 
@@ -16,6 +16,10 @@ demo: $(READY)
 
 test: $(READY)
 	$(PY) -m pytest tests
+
+# The inner loop: every test but those marked slow (trainings, subprocesses, torch.compile).
+test-fast: $(READY)
+	$(PY) -m pytest tests -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

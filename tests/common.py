@@ -1,16 +1,22 @@
 """What the tests share: the tiny FishNet, every feature name, and Detectron2 configs that use
 them. Fixtures are in conftest.py."""
 
+import contextlib
+import io
+import subprocess
+import sys
 from pathlib import Path
 
 from detectron2.config import CfgNode, get_cfg
 
 from fishnet_d2 import FishNetArch, add_fishnet_config
+from fishnet_d2.convert import main as convert_main
 from fishnet_d2.modeling import fishnet_arch_to_config
 
 REPO = Path(__file__).resolve().parents[1]
 # Reference data made with the official FishNet code (tests/data/README.md says what and whence).
 REFERENCE = REPO / "tests" / "data"
+CONVERTER = REPO / "tools" / "convert_fishnet_to_d2.py"
 
 # A FishNet small enough for CPU tests: 3 stages per part, one block each.
 TINY_ARCH = FishNetArch(
@@ -47,3 +53,18 @@ def use_tiny_arch(cfg: CfgNode) -> CfgNode:
     cfg.MODEL.FISHNET.merge_from_other_cfg(CfgNode(fishnet_arch_to_config(TINY_ARCH)))
     return cfg
 
+
+
+def run_converter(*args, script: bool = False) -> subprocess.CompletedProcess:
+    """The converter's command line on ``args``: its ``main`` in this process (the tool is a thin
+    script around it), or with ``script=True`` the script itself in a new interpreter."""
+    argv = [str(a) for a in args]
+    if script:
+        return subprocess.run([sys.executable, str(CONVERTER), *argv], capture_output=True, text=True)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            returncode = convert_main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            returncode = e.code
+    return subprocess.CompletedProcess([str(CONVERTER), *argv], returncode, stdout.getvalue(), stderr.getvalue())

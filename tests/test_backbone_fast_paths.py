@@ -259,6 +259,7 @@ def test_checkpointed_model_scripts_and_traces():
 requires_compile = pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile missing")
 
 
+@pytest.mark.slow
 @requires_compile
 @pytest.mark.parametrize("norm, activation_checkpointing", [("FrozenBN", False), ("BN", True)])
 def test_compile_fullgraph_equals_eager(norm, activation_checkpointing):

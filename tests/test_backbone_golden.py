@@ -9,8 +9,6 @@ more than three orders."""
 
 import dataclasses
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fishnet_d2.modeling import FishNet
 from fishnet_d2.official import infer_arch, official_layout
 
-from .common import REFERENCE, REPO
+from .common import REFERENCE, run_converter
 
 # The golden file's 11 stage outputs, in order, and our feature names for them.
 STAGE_NAMES = [
@@ -47,7 +45,7 @@ def float64_outputs(model: FishNet, golden) -> dict:
         return model(golden["input"].double())
 
 
-@pytest.fixture(scope="module", params=[".pth", ".pkl"])
+@pytest.fixture(scope="module", params=[pytest.param(".pth", marks=pytest.mark.slow), ".pkl"])
 def converted(request, golden, tmp_path_factory):
     """The golden checkpoint, saved as published (DataParallel prefix, extra entries), converted
     by the command-line tool."""
@@ -63,11 +61,8 @@ def converted(request, golden, tmp_path_factory):
         official,
     )
     output = tmp / f"fishnet_tiny_d2{request.param}"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_fishnet_to_d2.py"), str(official), str(output)],
-        capture_output=True,
-        text=True,
-    )
+    # The script itself, in a new interpreter, for one of the two formats; its main otherwise.
+    result = run_converter(official, output, script=request.param == ".pth")
     assert result.returncode == 0, result.stderr
     assert "a custom FishNet (10 classes)" in result.stdout
     return output

@@ -149,6 +149,7 @@ def run_killed_save(tmp_path, kind):
     return directory, full_size
 
 
+@pytest.mark.slow
 def test_killed_save_leaves_previous_checkpoint(tmp_path):
     directory, full_size = run_killed_save(tmp_path, "fishnet")
     names = files(directory)
@@ -167,6 +168,7 @@ def test_killed_save_leaves_previous_checkpoint(tmp_path):
     torch.testing.assert_close(model[0].weight, expected[0].weight, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_killed_save_control_detectron2_checkpointer(tmp_path):
     """The same kill with Detectron2's own checkpointer leaves a truncated file under the final
     name (what the test above guards against); FishNetCheckpointer refuses to load it."""

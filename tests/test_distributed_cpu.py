@@ -7,8 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from .common import REPO
 from .tiny_detection import tiny_mask_rcnn_cfg, tiny_shapes
+
+pytestmark = pytest.mark.slow  # trains in new processes
 
 MAX_ITER = 3
 

@@ -152,6 +152,7 @@ def _registered_main(args, root):
     main(args)
 
 
+@pytest.mark.slow
 def test_train_net_two_cpu_processes_resume_then_eval_only(shapes, tmp_path, capfd):
     root, names = shapes
     config = _shapes_config(tmp_path, names)

@@ -35,6 +35,7 @@ def detector():
 
 # Hypothesis repeats some sizes (it favours small and boundary values); 300 examples give more
 # than 200 distinct sizes (derandomized: the same ones on every run).
+@pytest.mark.slow
 @settings(max_examples=300, **SETTINGS)
 @given(size=image_sizes())
 @example(size=(1, 1))

@@ -2,8 +2,6 @@
 weights into Detectron2 models."""
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict
 
@@ -22,9 +20,8 @@ from fishnet_d2.convert import (
 )
 from fishnet_d2.official import infer_arch, official_layout
 
-from .common import REFERENCE, REPO, fishnet_cfg
+from .common import REFERENCE, REPO, fishnet_cfg, run_converter
 
-CONVERTER = REPO / "tools" / "convert_fishnet_to_d2.py"
 PARAMETERS = {99: 16_628_904, 150: 24_959_400, 201: 44_584_552}
 
 
@@ -47,10 +44,6 @@ def random_official_state_dict(depth: int) -> Dict[str, torch.Tensor]:
         else torch.randn(shape, generator=generator)
         for key, shape in reference_layout(depth).items()
     }
-
-
-def run_converter(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(CONVERTER), *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("depth", sorted(PARAMETERS))

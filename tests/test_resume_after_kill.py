@@ -18,6 +18,8 @@ from fishnet_d2.data import DEMO_DATASET_PREFIX, DEMO_SPEC, ensure_synthetic_sha
 from .common import REPO
 from .tiny_detection import tiny_mask_rcnn_cfg
 
+pytestmark = pytest.mark.slow  # trains in new processes
+
 TRAIN_NET = REPO / "tools" / "train_net.py"
 MAX_ITER = 24
 CHECKPOINT_PERIOD = 3

@@ -228,6 +228,7 @@ def test_registration_is_lazy_and_loads_coco(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_import_registers_demo_datasets_without_writing(tmp_path):
     code = (
         "import fishnet_d2.data\n"
