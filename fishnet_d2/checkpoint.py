@@ -166,8 +166,9 @@ class FishNetCheckpointer(DetectionCheckpointer):
         return _from_torch(filename, read_torch(filename))
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
-        weights = checkpoint["model"]
-        self._convert_ndarray_to_tensor(weights)
+        # Model-zoo pickles hold numpy arrays; the name matching below compares tensors.
+        weights = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in checkpoint["model"].items()}
+        checkpoint["model"] = weights
         heuristics = checkpoint.get("matching_heuristics", False)
         if heuristics:
             checkpoint["model"] = align_and_update_state_dicts(
