@@ -14,12 +14,12 @@ from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetE
 from detectron2.structures import Instances
 
 from fishnet_d2.data import register_synthetic_shapes
-from fishnet_d2.engine import launch, main, setup
+from fishnet_d2.engine import Trainer, launch, main, setup
 from fishnet_d2.evaluation import build_evaluator, build_evaluators
 
 from .common import REPO, fishnet_cfg
 from .synthetic_inputs import shrink_config
-from .tiny_detection import TINY_SHAPES
+from .tiny_detection import TINY_SHAPES, tiny_mask_rcnn_cfg
 
 PAPER_MASK_RCNN = REPO / "configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
 SHAPES_PREFIX = "fishnet_engine_test"
@@ -184,3 +184,31 @@ def test_train_net_two_cpu_processes_resume_then_eval_only(shapes, tmp_path, cap
     printed = capfd.readouterr().out
     assert "Evaluation results for bbox" in printed and "Evaluation results for segm" in printed
     assert re.search(r"\|\s*AP\s*\|\s*AP50\s*\|\s*AP75\s*\|\s*APs\s*\|\s*APm\s*\|\s*APl\s*\|", printed)
+
+
+@pytest.mark.parametrize(
+    "norm, weights, resume, warns",
+    [("FrozenBN", "", False, True), ("BN", "", False, False), ("FrozenBN", "weights.pth", False, False), ("FrozenBN", "", True, False)],
+    ids=["FrozenBN from scratch", "BN from scratch", "FrozenBN with weights", "FrozenBN resumed"],
+)
+def test_trainer_warns_before_training_frozen_batchnorm_from_scratch(shapes, tmp_path, monkeypatch, norm, weights, resume, warns):
+    _, names = shapes
+    cfg = tiny_mask_rcnn_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["train"],), ()
+    cfg.MODEL.FISHNET.NORM = norm
+    cfg.OUTPUT_DIR = str(tmp_path)
+    trainer = Trainer(cfg)
+    if weights:  # a file to load: the model's own initial weights
+        trainer.checkpointer.save("weights")
+        trainer.cfg.defrost()
+        trainer.cfg.MODEL.WEIGHTS = str(tmp_path / "weights.pth")
+        (tmp_path / "last_checkpoint").unlink()
+    if resume:
+        trainer.checkpointer.save("model_0000009")
+    logged = []
+    monkeypatch.setattr("fishnet_d2.engine.trainer.log_first_n", lambda level, message, **kwargs: logged.append(message))
+    trainer.resume_or_load(resume=resume)
+    assert bool(logged) == warns
+    if warns:
+        assert "MODEL.FISHNET.NORM FrozenBN and no MODEL.WEIGHTS" in logged[0]
+        assert "MODEL.FISHNET.NORM BN, SyncBN or GN" in logged[0]

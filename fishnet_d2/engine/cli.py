@@ -11,14 +11,18 @@ from detectron2.utils import comm
 
 from ..checkpoint import FishNetCheckpointer
 from ..config import add_fishnet_config
+from ..model_zoo import resolve_config_file
 from .trainer import Trainer
 
 __all__ = ["setup", "main"]
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
-    """The config of ``args`` (``--config-file`` and the trailing ``KEY VALUE`` overrides, with
-    fishnet_d2's keys added), frozen, after Detectron2's ``default_setup`` (logging, output dir)."""
+    """The config of ``args`` (``--config-file``, a path or a fishnet_d2 config name, and the
+    trailing ``KEY VALUE`` overrides, with fishnet_d2's keys added), frozen, after Detectron2's
+    ``default_setup`` (logging, output dir)."""
+    # A path, or the name of a fishnet_d2 config (fishnet_d2.model_zoo); default_setup reads it.
+    args.config_file = resolve_config_file(args.config_file)
     cfg = get_cfg()
     add_fishnet_config(cfg)
     cfg.merge_from_file(args.config_file)
