@@ -9,6 +9,7 @@ from .checkpoint import FishNetCheckpointer
 from .config import add_fishnet_config
 from .modeling import (
     FISHNET_VARIANTS,
+    FISHNEXT_VARIANTS,
     FishNet,
     FishNetArch,
     build_fishnet_backbone,
@@ -22,6 +23,7 @@ __all__ = [
     "add_fishnet_config",
     "FishNetCheckpointer",
     "FISHNET_VARIANTS",
+    "FISHNEXT_VARIANTS",
     "FishNet",
     "FishNetArch",
     "fishnet_arch",

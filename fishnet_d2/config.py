@@ -36,6 +36,21 @@ def add_fishnet_config(cfg: CN) -> None:
     _C.MODEL.FISHNET.NUM_CLASSES = 0
     # Dilation of the body's refining blocks, one per body stage. [1, 2, 4] is the official model.
     _C.MODEL.FISHNET.BODY_DILATIONS = [1, 2, 4]
+    # Where the refining blocks are dilated (the paper's dilation ablation, sec. 4.3):
+    # "body" (the official model: BODY_DILATIONS), "body+head" (the head too, with the body's
+    # rates mirrored: [4, 2, 1] for FishNet-150's head) or "none" (BODY_DILATIONS unused).
+    _C.MODEL.FISHNET.DILATED_PARTS = "body"
+    # How the tail and the head halve the resolution (the paper's Table 2): "max2" (2x2 max-pool,
+    # stride 2: the paper's choice and the official model), "max3" (3x3 max-pool, stride 2),
+    # "avg2" (2x2 average pool, stride 2) or "conv" (the last residual block of each tail and
+    # head stage has stride 2 and a strided 1x1 conv on its shortcut; weights the official
+    # checkpoints do not hold).
+    _C.MODEL.FISHNET.DOWNSAMPLE = "max2"
+    # FishNeXt (paper, sec. 4.2, Table 1): > 0 makes every residual block ResNeXt's grouped
+    # bottleneck, with groups of GROUP_WIDTH channels at stride 4, doubling with each halving of
+    # the resolution. 4 with DEPTH 150 is the paper's FishNeXt-150 (4d) (fishnet_d2.FISHNEXT_VARIANTS).
+    # 0: FishNet's ungrouped blocks (the official model).
+    _C.MODEL.FISHNET.GROUP_WIDTH = 0
     # Activation checkpointing: recompute each stage's activations in the backward pass instead
     # of keeping them. Saves training memory for extra compute; off in the paper.
     _C.MODEL.FISHNET.CHECKPOINT = False

@@ -1,4 +1,4 @@
-from .arch import FISHNET_VARIANTS, FishNetArch, fishnet_arch
+from .arch import FISHNET_VARIANTS, FISHNEXT_VARIANTS, FishNetArch, fishnet_arch
 from .build import (
     build_fishnet_backbone,
     build_fishnet_fpn_backbone,
@@ -11,6 +11,7 @@ from .fishnet import FishNet
 
 __all__ = [
     "FISHNET_VARIANTS",
+    "FISHNEXT_VARIANTS",
     "FishNetArch",
     "FishNet",
     "InvalidValue",

@@ -7,7 +7,45 @@ from typing import Any, Dict, Tuple
 
 from .errors import InvalidValue
 
-__all__ = ["FishNetArch", "FISHNET_VARIANTS", "VARIANT_OPTIONS", "fishnet_arch"]
+__all__ = [
+    "FishNetArch",
+    "FISHNET_VARIANTS",
+    "FISHNEXT_VARIANTS",
+    "VARIANT_OPTIONS",
+    "DOWNSAMPLINGS",
+    "DILATED_PARTS",
+    "fishnet_arch",
+]
+
+# How tail and head stages halve the resolution (paper, sec. 3.2 and 4.3, Table 2):
+#   "max2": 2x2 max-pool, stride 2 (the paper's choice and the official model's),
+#   "max3": 3x3 max-pool, stride 2, padding 1 (overlapping windows),
+#   "avg2": 2x2 average pool, stride 2,
+#   "conv": the last residual block of the stage carries the stride (its 3x3 conv has stride 2,
+#           its shortcut is a strided 1x1 conv), in the tail and in the head (Table 2, footnote).
+DOWNSAMPLINGS = ("max2", "max3", "avg2", "conv")
+# Where the refining blocks are dilated (paper, sec. 4.3, "Dilated convolution"):
+#   "body": the body's refining blocks M, by body_dilations (the official model),
+#   "body+head": also the head's refining blocks, the body's rates mirrored (see head_refine_dilations),
+#   "none": no dilation anywhere (body_dilations is then unused).
+DILATED_PARTS = ("body", "body+head", "none")
+# FishNetArch's fields that are not positive integers (FishNetArch._check_choices checks them).
+_CHOICES = ("group_width", "downsample", "dilated_parts")
+
+
+def _group_width_at(group_width: int, level: int) -> int:
+    """FishNeXt's group width at stride ``2**level`` for ``group_width`` at stride 4 (0: none).
+
+    The paper (sec. 4.2): "the number of channels in a group for each block (UR/DR block and
+    transfer block) of the same stage should be the same. The width of a single group will be
+    doubled once the stage index increase by 1". Its stage index ``s`` is the resolution (eq. 5-9
+    concatenate tail, body and head features of the same ``s``), so the group width follows the
+    resolution, as in ResNeXt (4d at stride 4, 8d at 8, 16d at 16, 32d at 32): the smallest group,
+    at stride 4 (the stem's output, where the first blocks run), has ``group_width`` channels
+    ("4d ... the minimum number of channels for a single group is 4"). The stem's convs are not
+    residual blocks and stay ungrouped, as ResNeXt's stem.
+    """
+    return group_width * 2 ** (level - 2)
 
 
 @dataclass(frozen=True)
@@ -37,13 +75,25 @@ class FishNetArch:
     head_transfer_blocks: Tuple[int, ...] = (1, 1, 4)
     # The official model dilates the body's refining blocks 1, 2, 4 (paper, sec. 3.2 and 4.3:
     # "we adopt dilated convolution in the fish body"); transfer blocks and the head are not dilated.
+    # dilated_parts says where dilation applies (body_refine_dilations, head_refine_dilations).
     body_dilations: Tuple[int, ...] = (1, 2, 4)
+    # FishNeXt (paper, sec. 4.2 and Table 1): 0 is FishNet's plain bottleneck; g > 0 makes every
+    # residual block ResNeXt's grouped bottleneck (blocks.GroupedPreActBottleneck), in groups of g
+    # channels at stride 4 and twice as many with each halving of the resolution (_group_width_at).
+    # FishNeXt-150 (4d): 4.
+    group_width: int = 0
+    # One of DOWNSAMPLINGS: how tail and head stages halve the resolution (paper, Table 2).
+    downsample: str = "max2"
+    # One of DILATED_PARTS: where the refining blocks are dilated (paper, sec. 4.3).
+    dilated_parts: str = "body"
 
     def __post_init__(self) -> None:
         n = len(self.tail_channels)
         if n < 1:
             raise InvalidValue("tail_channels", self.tail_channels, "empty; a FishNet has at least one stage per part")
         for f in fields(self):
+            if f.name in _CHOICES:
+                continue
             value = getattr(self, f.name)
             if f.type is int:
                 if not isinstance(value, int) or value < 1:
@@ -69,6 +119,139 @@ class FishNetArch:
                     f"reduces by channel-wise summation (paper, eq. 8); allowed: divisors of {c_in}",
                     index=i,
                 )
+        self._check_choices()
+
+    def _check_choices(self) -> None:
+        """The FishNeXt and ablation fields: names from their lists, and a group width whose
+        group at each stride divides the bottleneck of every block that runs there."""
+        if self.downsample not in DOWNSAMPLINGS:
+            raise InvalidValue("downsample", self.downsample, f"allowed {list(DOWNSAMPLINGS)}")
+        if self.dilated_parts not in DILATED_PARTS:
+            raise InvalidValue("dilated_parts", self.dilated_parts, f"allowed {list(DILATED_PARTS)}")
+        g = self.group_width
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise InvalidValue(
+                "group_width", g, "allowed 0 (FishNet: no grouping) or a positive integer (FishNeXt; the paper's 4d: 4)"
+            )
+        misfit = self._group_misfit(g)
+        if misfit:
+            fitting = [w for w in range(1, min(self.tail_channels) + 1) if not self._group_misfit(w)]
+            raise InvalidValue(
+                "group_width",
+                g,
+                f"{misfit}. Allowed: 0 (no grouping) or, for these widths, {fitting}",
+            )
+
+    def _group_misfit(self, group_width: int) -> str:
+        """Why ``group_width`` does not fit the residual blocks' bottlenecks ("" where it does)."""
+        if group_width == 0:
+            return ""
+        for part, widths, levels in self._residual_block_sites():
+            for width, level in zip(widths, levels):
+                bottleneck, group = width // 2, _group_width_at(group_width, level)
+                if bottleneck % group:
+                    return (
+                        f"the {part} blocks of width {width} run at stride {2**level}, where groups have "
+                        f"{{group_width}} * {2 ** (level - 2)} = {group} channels, which do not divide their "
+                        f"{bottleneck} bottleneck channels (width / 2)"
+                    )
+        return ""
+
+    def _residual_block_sites(self) -> Tuple[Tuple[str, Tuple[int, ...], Tuple[int, ...]], ...]:
+        """``(part, widths, levels)``: the output width of each stage's residual blocks and the
+        level (log2 of the stride) at which they run."""
+        return (
+            ("tail", self.tail_channels, self._tail_levels),
+            ("bridge", (self.tail_channels[-1],), (self._bridge_level,)),
+            ("body", self.body_channels, self._body_refine_levels),
+            ("body transfer", self.body_lateral_channels, self._body_transfer_levels),
+            ("head", self.head_channels, self._head_refine_levels),
+            ("head transfer", self.head_lateral_channels, self._head_transfer_levels),
+        )
+
+    # Levels (log2 of the stride) at which each stage's residual blocks run, i.e. their input's.
+    # The tail's blocks run before its down-sampling (stride 4 for the first stage), the bridge's
+    # at the lowest resolution; a body stage refines its input before up-sampling and transfers
+    # the tail feature at its output resolution; a head stage refines its input before
+    # down-sampling and transfers the body feature at its output resolution.
+
+    @property
+    def _tail_levels(self) -> Tuple[int, ...]:
+        return tuple(range(2, 2 + self.num_stages))
+
+    @property
+    def _bridge_level(self) -> int:
+        return 2 + self.num_stages
+
+    @property
+    def _body_refine_levels(self) -> Tuple[int, ...]:
+        return tuple(range(2 + self.num_stages, 2, -1))
+
+    @property
+    def _body_transfer_levels(self) -> Tuple[int, ...]:
+        return tuple(range(1 + self.num_stages, 1, -1))
+
+    @property
+    def _head_refine_levels(self) -> Tuple[int, ...]:
+        return tuple(range(2, 2 + self.num_stages))
+
+    @property
+    def _head_transfer_levels(self) -> Tuple[int, ...]:
+        return tuple(range(3, 3 + self.num_stages))
+
+    # The group width of each stage's blocks (group_width_at their level); 0: not grouped.
+
+    @property
+    def tail_group_widths(self) -> Tuple[int, ...]:
+        return tuple(self.group_width_at(level) for level in self._tail_levels)
+
+    @property
+    def bridge_group_width(self) -> int:
+        return self.group_width_at(self._bridge_level)
+
+    @property
+    def body_group_widths(self) -> Tuple[int, ...]:
+        """Of each body stage's refining blocks M."""
+        return tuple(self.group_width_at(level) for level in self._body_refine_levels)
+
+    @property
+    def body_transfer_group_widths(self) -> Tuple[int, ...]:
+        return tuple(self.group_width_at(level) for level in self._body_transfer_levels)
+
+    @property
+    def head_group_widths(self) -> Tuple[int, ...]:
+        """Of each head stage's refining blocks M."""
+        return tuple(self.group_width_at(level) for level in self._head_refine_levels)
+
+    @property
+    def head_transfer_group_widths(self) -> Tuple[int, ...]:
+        return tuple(self.group_width_at(level) for level in self._head_transfer_levels)
+
+    def group_width_at(self, level: int) -> int:
+        """Channels per group of the grouped 3x3 convs that run at stride ``2**level``; 0 for
+        FishNet's ungrouped blocks (:func:`_group_width_at`)."""
+        return _group_width_at(self.group_width, level)
+
+    @property
+    def body_refine_dilations(self) -> Tuple[int, ...]:
+        """Dilation of each body stage's refining blocks M: ``body_dilations`` unless no part is
+        dilated. Transfer blocks are never dilated (as in the official model)."""
+        if self.dilated_parts == "none":
+            return (1,) * self.num_stages
+        return self.body_dilations
+
+    @property
+    def head_refine_dilations(self) -> Tuple[int, ...]:
+        """Dilation of each head stage's refining blocks M: 1 unless the head is dilated too.
+
+        With "body+head" the paper (sec. 4.3) gives no rates; here the head mirrors the body:
+        head stage ``i`` goes between the same two resolutions as body stage ``n-1-i`` (in the
+        other direction; e.g. 4 <-> 8 for head stage 0 and the last body stage) and takes its rate,
+        so FishNet-150's head is dilated 4, 2, 1.
+        """
+        if self.dilated_parts == "body+head":
+            return tuple(reversed(self.body_dilations))
+        return (1,) * self.num_stages
 
     @property
     def body_lateral_channels(self) -> Tuple[int, ...]:
@@ -159,9 +342,24 @@ FISHNET_VARIANTS: Dict[int, FishNetArch] = {
 }
 
 
-# What may change on an official variant without making it another architecture: the dilation
-# leaves no trace in the weights (the paper's ablation, sec. 4.3, varies it on FishNet-150).
-VARIANT_OPTIONS = ("body_dilations",)
+# FishNeXt (paper, sec. 4.2, Table 1): an official variant's depths and widths with grouped blocks
+# ("the ResNet-based FishNet could be constructed into a ResNeXt-based network"). FishNeXt-150
+# (4d) is DEPTH 150 with GROUP_WIDTH 4.
+FISHNEXT_VARIANTS: Dict[int, FishNetArch] = {
+    150: dataclasses.replace(FISHNET_VARIANTS[150], group_width=4),
+}
+
+# What the paper varies on an official variant, so that DEPTH 99/150/201 takes it (the other
+# fields make another architecture: set DEPTH 0 and give them all):
+#   body_dilations, dilated_parts: the dilation ablation (sec. 4.3, on FishNet-150); dilation
+#     leaves no trace in the weights, so the official ImageNet weights still load.
+#   downsample: the down-sampling ablation (Table 2, "based on FishNet-150"). The pools have no
+#     weights; "conv" adds the strided shortcut convs, which official weights do not hold.
+#   group_width: FishNeXt is FishNet with another building block (sec. 4.1: "FishNet is a
+#     framework. It does not specify the building block"): FishNeXt-150 is FishNet-150's depths
+#     and widths with group width 4. Its 3x3 convs and bottlenecks have other shapes than the
+#     official weights'.
+VARIANT_OPTIONS = ("body_dilations", "group_width", "downsample", "dilated_parts")
 
 
 def fishnet_arch(depth: int = 150, **fields: Any) -> FishNetArch:
@@ -169,11 +367,12 @@ def fishnet_arch(depth: int = 150, **fields: Any) -> FishNetArch:
     ``fields`` (FishNetArch's fields) describe. An official variant takes only ``VARIANT_OPTIONS``.
 
     The one rule behind ``MODEL.FISHNET.DEPTH`` / ``ARCH`` (:func:`fishnet_arch_from_config`) and
-    the LazyConfig files (``L(FishNet)(arch=L(fishnet_arch)(depth=150), ...)``: a LazyConfig
+    the LazyConfig files (``L(FishNet)(arch=L(fishnet_arch)(depth=150), ...)``; FishNeXt-150:
+    ``L(fishnet_arch)(depth=150, group_width=4)``; a LazyConfig
     cannot hold a FishNetArch, OmegaConf turns dataclasses into plain configs). Lists (OmegaConf's
     ListConfig too) become tuples.
     """
-    fields = {name: value if isinstance(value, int) else tuple(value) for name, value in fields.items()}
+    fields = {name: value if isinstance(value, (int, str)) else tuple(value) for name, value in fields.items()}
     if depth == 0:
         missing = [f.name for f in dataclasses.fields(FishNetArch) if f.name not in fields and f.name not in VARIANT_OPTIONS]
         if missing:

@@ -4,7 +4,7 @@ Every module here takes explicit arguments; none reads a config.
 """
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ __all__ = [
     "ChannelSumReduction",
     "PreActProjection",
     "PreActBottleneck",
+    "GroupedPreActBottleneck",
     "ConvNormReLU",
     "ScoreUnit",
     "SqueezeExcitation",
@@ -119,12 +120,16 @@ class ChannelSumReduction(nn.Module):
 
 
 class PreActProjection(nn.Module):
-    """A pre-activated 1x1 projection shortcut, ``norm-ReLU-conv1x1`` (the paper's "I-conv")."""
+    """A pre-activated 1x1 projection shortcut, ``norm-ReLU-conv1x1`` (the paper's "I-conv").
 
-    def __init__(self, in_channels: int, out_channels: int, *, norm: Norm = "BN"):
+    With ``stride=2`` it is the shortcut of a block that down-samples (``downsample="conv"``, the
+    "1x1 convolution on the skip connection" of the paper's Table 2 footnote).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: Norm = "BN"):
         super().__init__()
         self.norm = make_norm(norm, in_channels)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
         conv_init_(self.conv)
         self.relu_inplace = relu_may_overwrite(self.norm)
 
@@ -133,12 +138,18 @@ class PreActProjection(nn.Module):
 
 
 class PreActBottleneck(FishNetBlockBase):
-    """The pre-activation bottleneck residual unit, ``x_{l+1} = x_l + F(x_l)`` (paper, eq. 1).
+    """The pre-activation bottleneck residual unit, ``x_{l+1} = x_l + F(x_l)`` (paper, eq. 1):
+    FishNet's building block, "the Residual block with identity mapping" (sec. 4.1).
 
-    ``F`` is ``norm-ReLU-conv1x1(C_in -> C/4) - norm-ReLU-conv3x3(C/4, dilation) -
-    norm-ReLU-conv1x1(C/4 -> C)``. The shortcut is the identity when ``C_in == C``; otherwise it
-    is passed in: a :class:`PreActProjection` (tail and bridge) or a :class:`ChannelSumReduction`
-    (first block of a UR-block, where it is the ``r`` of eq. 6).
+    ``F`` is ``norm-ReLU-conv1x1(C_in -> C/4) - norm-ReLU-conv3x3(C/4, stride, dilation) -
+    norm-ReLU-conv1x1(C/4 -> C)``. The shortcut is the identity when ``C_in == C`` and
+    ``stride == 1``; otherwise it is passed in: a :class:`PreActProjection` (tail and bridge;
+    strided in a block that down-samples) or a :class:`ChannelSumReduction` (first block of a
+    UR-block, where it is the ``r`` of eq. 6).
+
+    ``stride=2`` (``downsample="conv"``, paper Table 2): the 3x3 conv carries the stride, as in
+    ResNeXt's and pre-activation ResNet's (fb.resnet.torch) blocks, rather than the first 1x1
+    conv, which would skip three quarters of its input.
     """
 
     def __init__(
@@ -147,11 +158,17 @@ class PreActBottleneck(FishNetBlockBase):
         out_channels: int,
         *,
         shortcut: nn.Module,
+        stride: int = 1,
         dilation: int = 1,
+        bottleneck_channels: Optional[int] = None,
+        groups: int = 1,
         norm: Norm = "BN",
     ):
-        super().__init__(in_channels, out_channels, stride=1)
-        bottleneck_channels = out_channels // 4
+        """``bottleneck_channels`` (default ``out_channels // 4``, FishNet's) and ``groups`` (of
+        the 3x3 conv) are set by :class:`GroupedPreActBottleneck`, FishNeXt's block."""
+        if bottleneck_channels is None:
+            bottleneck_channels = out_channels // 4
+        super().__init__(in_channels, out_channels, stride=stride)
         self.norm1 = make_norm(norm, in_channels)
         self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1, bias=False)
         self.norm2 = make_norm(norm, bottleneck_channels)
@@ -159,8 +176,10 @@ class PreActBottleneck(FishNetBlockBase):
             bottleneck_channels,
             bottleneck_channels,
             kernel_size=3,
+            stride=stride,
             padding=dilation,
             dilation=dilation,
+            groups=groups,
             bias=False,
         )
         self.norm3 = make_norm(norm, bottleneck_channels)
@@ -178,6 +197,49 @@ class PreActBottleneck(FishNetBlockBase):
         out = self.conv3(F.relu_(self.norm3(out)))
         out += self.shortcut(x)
         return out
+
+
+class GroupedPreActBottleneck(PreActBottleneck):
+    """FishNeXt's building block, "the Residual block with identity mapping and grouping [29]"
+    (paper, sec. 4.1 and 4.2): :class:`PreActBottleneck` with ResNeXt's grouped bottleneck.
+
+    ``F`` is ``norm-ReLU-conv1x1(C_in -> C/2) - norm-ReLU-conv3x3(C/2, groups of group_width) -
+    norm-ReLU-conv1x1(C/2 -> C)``. The paper gives only the group width; the bottleneck width is
+    ResNeXt's template (ResNeXt-50 32x4d: 128 bottleneck channels for 256 outputs, twice a ResNet
+    bottleneck's C/4), which grouping pays for: FishNeXt-150 (4d) then has about FishNet-150's
+    parameters, as the paper's Table 1 (26.2M vs 26.4M). The shortcut is :class:`PreActBottleneck`'s,
+    unchanged: a channel-wise summation ``r`` has no weights to group.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        group_width: int,
+        shortcut: nn.Module,
+        stride: int = 1,
+        dilation: int = 1,
+        norm: Norm = "BN",
+    ):
+        bottleneck_channels = out_channels // 2
+        if group_width < 1 or bottleneck_channels % group_width:
+            raise InvalidValue(
+                "group_width",
+                group_width,
+                f"must divide the block's {bottleneck_channels} bottleneck channels (out_channels / 2)",
+            )
+        super().__init__(
+            in_channels,
+            out_channels,
+            shortcut=shortcut,
+            stride=stride,
+            dilation=dilation,
+            bottleneck_channels=bottleneck_channels,
+            groups=bottleneck_channels // group_width,
+            norm=norm,
+        )
+        self.group_width = group_width
 
 
 class ConvNormReLU(FishNetBlockBase):

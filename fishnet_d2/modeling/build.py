@@ -36,7 +36,8 @@ def config_key(name: str) -> str:
 
 def fishnet_arch_from_config(cfg: CfgNode) -> FishNetArch:
     """The architecture ``MODEL.FISHNET`` describes: :func:`fishnet_arch` of DEPTH, with the
-    ARCH keys that are set (0 and [] are unset) and BODY_DILATIONS."""
+    ARCH keys that are set (0 and [] are unset) and the VARIANT_OPTIONS keys (BODY_DILATIONS,
+    GROUP_WIDTH, DOWNSAMPLE, DILATED_PARTS)."""
     fish = cfg.MODEL.FISHNET
     fields: Dict[str, Any] = {name: fish.ARCH[name.upper()] for name in ARCH_KEYS}
     fields = {name: value for name, value in fields.items() if value not in (0, [], ())}

@@ -36,12 +36,15 @@ class FishNet(Backbone):
     tail3-5   8-32    128-512   tail stages
     bridge    32      512       the bridge (SE attention)
     body4-2   16-4    768-320   body stages, after concatenation with the tail
-    head2     4       320       the head's refinement of body2, before its first pool
+    head2     4       320       the head's refinement of body2, before its first down-sampling
     head3-5   8-32    832-2112  head stages, after concatenation with the body
     linear    --      classes   logits (only with ``num_classes > 0``)
     ========  ======  ========  =====================================================
 
     With ``n`` stages per part the levels run 2 .. 2+n (the table is ``n = 3``).
+
+    ``arch`` also selects the paper's other networks: FishNeXt's grouped blocks (``group_width``),
+    and the down-sampling and dilation of its ablation (``downsample``, ``dilated_parts``).
     """
 
     def __init__(
@@ -106,14 +109,22 @@ class FishNet(Backbone):
         channels = arch.stem_channels
         for i, level in enumerate(tail_levels):
             stage = TailStage(
-                channels, arch.tail_channels[i], arch.tail_blocks[i], level=level, norm=norm
+                channels,
+                arch.tail_channels[i],
+                arch.tail_blocks[i],
+                level=level,
+                group_width=arch.tail_group_widths[i],
+                downsample=arch.downsample,
+                norm=norm,
             )
             self._record(stage.name, stage.level, stage.out_channels)
             channels = stage.out_channels
             tail.append(stage)
         self.tail = nn.ModuleList(tail)
 
-        self.bridge = Bridge(channels, arch.bridge_blocks, level=bridge_level, norm=norm)
+        self.bridge = Bridge(
+            channels, arch.bridge_blocks, level=bridge_level, group_width=arch.bridge_group_width, norm=norm
+        )
         # Inputs must reach the bridge's (lowest) resolution without remainders.
         self._size_divisibility = 2**bridge_level
         self._record(self.bridge.name, self.bridge.level, channels)
@@ -126,8 +137,10 @@ class FishNet(Backbone):
                 arch.body_lateral_channels[i],
                 num_blocks=arch.body_blocks[i],
                 num_transfer_blocks=arch.body_transfer_blocks[i],
-                dilation=arch.body_dilations[i],
+                dilation=arch.body_refine_dilations[i],
                 level=level,
+                group_width=arch.body_group_widths[i],
+                transfer_group_width=arch.body_transfer_group_widths[i],
                 norm=norm,
             )
             self._record(stage.name, stage.level, stage.out_channels)
@@ -143,14 +156,18 @@ class FishNet(Backbone):
                 num_blocks=arch.head_blocks[i],
                 num_transfer_blocks=arch.head_transfer_blocks[i],
                 level=level,
+                dilation=arch.head_refine_dilations[i],
+                group_width=arch.head_group_widths[i],
+                transfer_group_width=arch.head_transfer_group_widths[i],
+                downsample=arch.downsample,
                 norm=norm,
             )
             head.append(stage)
         self.head = nn.ModuleList(head)
-        # The first DR-block refines the body's stride-4 output before pooling: the head's
+        # The first DR-block refines the body's stride-4 output before down-sampling: the head's
         # stride-4 feature (the paper attaches FPN to the head, at strides 4 to 32).
         self._head_refined_name = "head2"
-        self._record(self._head_refined_name, 2, arch.head_channels[0])
+        self._record(self._head_refined_name, 2, head[0].refined_channels)
         for stage in head:
             self._record(stage.name, stage.level, stage.out_channels)
 

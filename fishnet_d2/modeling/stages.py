@@ -13,12 +13,14 @@ from .blocks import (
     ChannelSumReduction,
     ConvNormReLU,
     FishNetBlockBase,
+    GroupedPreActBottleneck,
     Norm,
     PreActBottleneck,
     PreActProjection,
     ScoreUnit,
     SqueezeExcitation,
 )
+from .errors import InvalidValue
 from .recompute import recompute_in_backward
 
 __all__ = [
@@ -32,25 +34,63 @@ __all__ = [
 ]
 
 
+def bottleneck(
+    in_channels: int,
+    out_channels: int,
+    *,
+    shortcut: nn.Module,
+    group_width: int = 0,
+    stride: int = 1,
+    dilation: int = 1,
+    norm: Norm = "BN",
+) -> PreActBottleneck:
+    """The building block (paper, sec. 4.1): FishNet's pre-activation bottleneck, or with
+    ``group_width > 0`` FishNeXt's grouped one."""
+    if group_width:
+        return GroupedPreActBottleneck(
+            in_channels,
+            out_channels,
+            group_width=group_width,
+            shortcut=shortcut,
+            stride=stride,
+            dilation=dilation,
+            norm=norm,
+        )
+    return PreActBottleneck(
+        in_channels, out_channels, shortcut=shortcut, stride=stride, dilation=dilation, norm=norm
+    )
+
+
 def residual_blocks(
     in_channels: int,
     out_channels: int,
     num_blocks: int,
     *,
     first_shortcut: nn.Module,
+    group_width: int = 0,
     dilation: int = 1,
     norm: Norm = "BN",
 ) -> nn.Sequential:
-    """``num_blocks`` pre-activation bottlenecks; only the first changes the width."""
+    """``num_blocks`` residual blocks (:func:`bottleneck`); only the first changes the width."""
     blocks: List[nn.Module] = [
-        PreActBottleneck(
-            in_channels, out_channels, shortcut=first_shortcut, dilation=dilation, norm=norm
+        bottleneck(
+            in_channels,
+            out_channels,
+            shortcut=first_shortcut,
+            group_width=group_width,
+            dilation=dilation,
+            norm=norm,
         )
     ]
     for _ in range(num_blocks - 1):
         blocks.append(
-            PreActBottleneck(
-                out_channels, out_channels, shortcut=nn.Identity(), dilation=dilation, norm=norm
+            bottleneck(
+                out_channels,
+                out_channels,
+                shortcut=nn.Identity(),
+                group_width=group_width,
+                dilation=dilation,
+                norm=norm,
             )
         )
     return nn.Sequential(*blocks)
@@ -62,11 +102,83 @@ def projection_or_identity(in_channels: int, out_channels: int, norm: Norm) -> n
     return PreActProjection(in_channels, out_channels, norm=norm)
 
 
-def transfer_blocks(channels: int, num_blocks: int, norm: Norm) -> nn.Sequential:
+def transfer_blocks(channels: int, num_blocks: int, *, group_width: int = 0, norm: Norm = "BN") -> nn.Sequential:
     """The transfer function ``T``: residual blocks that keep the width (paper, eq. 7 and 9)."""
     return residual_blocks(
-        channels, channels, num_blocks, first_shortcut=nn.Identity(), norm=norm
+        channels, channels, num_blocks, first_shortcut=nn.Identity(), group_width=group_width, norm=norm
     )
+
+
+# The pools of the paper's down-sampling ablation (Table 2), by DOWNSAMPLINGS name. "max3" pads by
+# 1 so that it halves an even size exactly, as the 2x2 pools do (and as the stem's 3x3 pool).
+POOLS = {
+    "max2": lambda: nn.MaxPool2d(kernel_size=2, stride=2),
+    "max3": lambda: nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    "avg2": lambda: nn.AvgPool2d(kernel_size=2, stride=2),
+}
+
+
+def blocks_then_downsampling(
+    in_channels: int,
+    out_channels: int,
+    num_blocks: int,
+    *,
+    downsample: str,
+    group_width: int,
+    dilation: int,
+    norm: Norm,
+) -> Tuple[nn.Sequential, nn.Module]:
+    """The residual blocks of a tail stage or of a DR-block's ``M``, and what then halves the
+    resolution: ``(blocks, down)``, ``down(blocks(x))`` the stage's down-sampled map.
+
+    A pool (``downsample`` "max2", "max3", "avg2"): ``num_blocks`` blocks, the first with a
+    projection where the width changes, then the pool. No conv on a head block's skip connection,
+    as the paper's Table 2 footnote: "we do not use such convolution at the head".
+
+    "conv": the last of the ``num_blocks`` blocks carries the stride (in its 3x3 conv) and has a
+    strided 1x1 conv on its skip connection, in the tail and in the head alike (Table 2 footnote:
+    "When convolution with a stride of 2 is used, it is used for both the tail and the head", with
+    the 1x1 convolution "on the skip connection of the last residual blocks for each stage").
+    ``blocks`` are the ``num_blocks - 1`` others (none for one block: that block then changes the
+    width too). The depth stays the variant's; what the strided convs add is the paper's extra
+    parameters of stride-2 convolution (FishNet-150: 30.2M vs 26.4M).
+    """
+    if downsample in POOLS:
+        blocks = residual_blocks(
+            in_channels,
+            out_channels,
+            num_blocks,
+            first_shortcut=projection_or_identity(in_channels, out_channels, norm),
+            group_width=group_width,
+            dilation=dilation,
+            norm=norm,
+        )
+        return blocks, POOLS[downsample]()
+    if downsample != "conv":
+        raise InvalidValue("downsample", downsample, f"allowed {[*POOLS, 'conv']}")
+    blocks = nn.Sequential()
+    strided_in_channels = in_channels
+    if num_blocks > 1:
+        blocks = residual_blocks(
+            in_channels,
+            out_channels,
+            num_blocks - 1,
+            first_shortcut=projection_or_identity(in_channels, out_channels, norm),
+            group_width=group_width,
+            dilation=dilation,
+            norm=norm,
+        )
+        strided_in_channels = out_channels
+    down = bottleneck(
+        strided_in_channels,
+        out_channels,
+        shortcut=PreActProjection(strided_in_channels, out_channels, stride=2, norm=norm),
+        group_width=group_width,
+        stride=2,
+        dilation=dilation,
+        norm=norm,
+    )
+    return blocks, down
 
 
 class FishStage(FishNetBlockBase):
@@ -108,22 +220,33 @@ class FishStem(FishStage):
 
 
 class TailStage(FishStage):
-    """A tail stage: residual blocks, then 2x2 max-pool with stride 2 (paper, sec. 3)."""
+    """A tail stage: residual blocks, then down-sampling (paper, sec. 3; by default 2x2 max-pool with
+    stride 2, the others of Table 2 by ``downsample``: :func:`blocks_then_downsampling`)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, num_blocks: int, *, level: int, norm: Norm = "BN"
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int,
+        *,
+        level: int,
+        group_width: int = 0,
+        downsample: str = "max2",
+        norm: Norm = "BN",
     ):
         super().__init__(in_channels, out_channels, stride=2, name=f"tail{level}", level=level)
-        self.blocks = residual_blocks(
+        self.blocks, self.down = blocks_then_downsampling(
             in_channels,
             out_channels,
             num_blocks,
-            first_shortcut=projection_or_identity(in_channels, out_channels, norm),
+            downsample=downsample,
+            group_width=group_width,
+            dilation=1,
             norm=norm,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(self.blocks(x), kernel_size=2, stride=2)
+        return self.down(self.blocks(x))
 
 
 class Bridge(FishStage):
@@ -131,9 +254,11 @@ class Bridge(FishStage):
 
     ``s`` is the score unit's output (``C -> C/2 -> 2C``), ``a = SE(s)`` its channel attention
     (``2C -> C``) and ``R`` residual blocks (``2C -> C``). Paper, sec. 3.2 ("Bridge module").
+    In FishNeXt the blocks ``R`` are grouped, as every residual block; the score and SE units are
+    1x1 convs, which grouping (of 3x3 convs) leaves as they are.
     """
 
-    def __init__(self, channels: int, num_blocks: int, *, level: int, norm: Norm = "BN"):
+    def __init__(self, channels: int, num_blocks: int, *, level: int, group_width: int = 0, norm: Norm = "BN"):
         super().__init__(channels, channels, stride=1, name="bridge", level=level)
         self.score = ScoreUnit(channels, 2 * channels, global_pool=False, norm=norm)
         self.attention = SqueezeExcitation(2 * channels, channels, norm=norm)
@@ -142,6 +267,7 @@ class Bridge(FishStage):
             channels,
             num_blocks,
             first_shortcut=PreActProjection(2 * channels, channels, norm=norm),
+            group_width=group_width,
             norm=norm,
         )
 
@@ -154,33 +280,23 @@ class Bridge(FishStage):
 class RefinementStage(FishStage):
     """What UR- and DR-blocks share: residual blocks ``refine`` that refine the incoming map ``x``
     (``M`` and its shortcut), and transfer blocks ``T`` that carry ``lateral`` over from the
-    previous part; the output concatenates the two. Subclasses resample and concatenate."""
+    previous part; the output concatenates the two. Subclasses build ``refine``, resample and
+    concatenate."""
 
     def __init__(
         self,
         in_channels: int,
-        refined_channels: int,
-        lateral_channels: int,
+        out_channels: int,
         *,
-        num_blocks: int,
-        num_transfer_blocks: int,
-        first_shortcut: nn.Module,
-        dilation: int,
+        refine: nn.Module,
+        transfer: nn.Module,
         name: str,
         level: int,
         stride: int,
-        norm: Norm,
     ):
-        super().__init__(in_channels, refined_channels + lateral_channels, stride, name=name, level=level)
-        self.refine = residual_blocks(
-            in_channels,
-            refined_channels,
-            num_blocks,
-            first_shortcut=first_shortcut,
-            dilation=dilation,
-            norm=norm,
-        )
-        self.transfer = transfer_blocks(lateral_channels, num_transfer_blocks, norm)
+        super().__init__(in_channels, out_channels, stride, name=name, level=level)
+        self.refine = refine
+        self.transfer = transfer
 
 
 class UpRefinementStage(RefinementStage):
@@ -191,6 +307,9 @@ class UpRefinementStage(RefinementStage):
     by channel-wise summation (eq. 8); ``up`` is nearest-neighbour x2. As in the official model,
     the stage's output is taken after the concatenation, so eq. 7's ``concat`` of one stage and
     eq. 6's refinement of the next run in the same order as in the paper.
+
+    ``group_width`` is that of ``M`` (at the input's resolution), ``transfer_group_width`` that of
+    ``T`` (at the output's); 0 for FishNet's ungrouped blocks.
     """
 
     def __init__(
@@ -203,21 +322,29 @@ class UpRefinementStage(RefinementStage):
         num_transfer_blocks: int,
         dilation: int,
         level: int,
+        group_width: int = 0,
+        transfer_group_width: int = 0,
         norm: Norm = "BN",
     ):
         k = in_channels // refined_channels
         super().__init__(
             in_channels,
-            refined_channels,
-            lateral_channels,
-            num_blocks=num_blocks,
-            num_transfer_blocks=num_transfer_blocks,
-            first_shortcut=ChannelSumReduction(k) if k > 1 else nn.Identity(),
-            dilation=dilation,
+            refined_channels + lateral_channels,
+            refine=residual_blocks(
+                in_channels,
+                refined_channels,
+                num_blocks,
+                first_shortcut=ChannelSumReduction(k) if k > 1 else nn.Identity(),
+                group_width=group_width,
+                dilation=dilation,
+                norm=norm,
+            ),
+            transfer=transfer_blocks(
+                lateral_channels, num_transfer_blocks, group_width=transfer_group_width, norm=norm
+            ),
             name=f"body{level}",
             level=level,
             stride=1,  # it up-samples x2
-            norm=norm,
         )
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
@@ -230,10 +357,12 @@ class DownRefinementStage(RefinementStage):
 
     ``x`` is the previous head stage's output (or the last body stage's); ``lateral`` is the body
     feature (or the bridge's) at this stage's output resolution. ``x + M(x)`` are residual blocks
-    without channel reduction; ``down`` is 2x2 max-pool with stride 2.
+    without channel reduction; ``down`` is by default 2x2 max-pool with stride 2 (the others of
+    the paper's Table 2 by ``downsample``: :func:`blocks_then_downsampling`; with "conv" the last
+    block of ``M`` is ``down``).
 
-    ``forward`` returns the refined map before pooling too: the first head stage's is the head's
-    stride-4 feature.
+    ``forward`` returns the refined map before down-sampling too (``refined_channels`` wide): the
+    first head stage's is the head's stride-4 feature.
     """
 
     def __init__(
@@ -245,25 +374,38 @@ class DownRefinementStage(RefinementStage):
         num_blocks: int,
         num_transfer_blocks: int,
         level: int,
+        dilation: int = 1,
+        group_width: int = 0,
+        transfer_group_width: int = 0,
+        downsample: str = "max2",
         norm: Norm = "BN",
     ):
-        super().__init__(
+        # The official variants never change the width here; a custom one may (as the official
+        # code allows), through a projection.
+        refine, down = blocks_then_downsampling(
             in_channels,
             refined_channels,
-            lateral_channels,
-            num_blocks=num_blocks,
-            num_transfer_blocks=num_transfer_blocks,
-            # The official variants never change the width here; a custom one may (as the
-            # official code allows), through a projection.
-            first_shortcut=projection_or_identity(in_channels, refined_channels, norm),
-            dilation=1,
+            num_blocks,
+            downsample=downsample,
+            group_width=group_width,
+            dilation=dilation,
+            norm=norm,
+        )
+        super().__init__(
+            in_channels,
+            refined_channels + lateral_channels,
+            refine=refine,
+            transfer=transfer_blocks(
+                lateral_channels, num_transfer_blocks, group_width=transfer_group_width, norm=norm
+            ),
             name=f"head{level}",
             level=level,
             stride=2,
-            norm=norm,
         )
+        self.down = down
+        # With "conv" and one block, that block is the down-sampling: the map before it is x.
+        self.refined_channels = refined_channels if len(refine) else in_channels
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         refined = self.refine(x)
-        down = F.max_pool2d(refined, kernel_size=2, stride=2)
-        return refined, torch.cat([down, self.transfer(lateral)], dim=1)
+        return refined, torch.cat([self.down(refined), self.transfer(lateral)], dim=1)
