@@ -1,44 +1,71 @@
-"""Convert an official FishNet checkpoint into a file Detectron2 loads as ``MODEL.WEIGHTS``.
+"""Convert a FishNet ImageNet checkpoint into a file Detectron2 loads as ``MODEL.WEIGHTS``.
 
     python tools/convert_fishnet_to_d2.py fishnet150_ckpt.tar weights/fishnet150_imagenet_d2.pth
 
-The input is an official checkpoint as published (a torch-saved dict whose ``state_dict`` may
-carry DataParallel's ``module.`` prefix) or a bare official state_dict; it is loaded with
-``weights_only=True``, so it cannot run pickled code. Every key and shape is checked against the
-layout of the architecture found (an official variant, or a custom one inferred from the keys);
-on any mismatch nothing is written. The output is written atomically: ``.pkl`` in Detectron2's
-model-zoo format (numpy arrays), anything else as a torch-saved ``{"model": tensors, ...}``.
+The input's layout is recognised by its keys (``--layout`` names it instead):
+
+* ``official``: the official FishNet code's checkpoints (``fish.fish.*``), as published (a dict
+  whose ``state_dict`` may carry DataParallel's ``module.`` prefix) or a bare state_dict;
+  FishNet-99/150/201, or a custom architecture inferred from the keys (:mod:`fishnet_d2.official`).
+* ``pytorchcv``: pytorchcv's (imgclsmob) FishNet-99/150, a plain state_dict
+  (``features.init_block.*``, ``features.hg.*``, ``output.final_conv.*``;
+  :mod:`fishnet_d2.pytorchcv_layout`).
+* ``fishnet_d2``: this project's own keys (:class:`FishNet`'s state_dict), bare or inside
+  ``{"model": ...}`` as this converter writes them (``.pkl`` too).
+
+Torch files are loaded with ``weights_only=True`` and ``.pkl`` files by a reader that rebuilds only
+arrays and containers, so no code in the input runs. Every key and shape is checked against the
+layout of the architecture found; on any mismatch nothing is written and the closest layout's
+missing, unexpected and mis-shaped keys are listed. The output is written atomically: ``.pkl``
+in Detectron2's model-zoo format (numpy arrays), anything else as a torch-saved
+``{"model": tensors, ...}``.
 """
 
 import argparse
+import functools
 import os
 import pickle
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .atomic_file import atomic_write
-from .checkpoint_file import CheckpointLoadError, listing, read_torch, strip_module_prefix
+from .checkpoint_file import CheckpointLoadError, listing, read_pickle, read_torch, strip_module_prefix
 from .modeling import FISHNET_VARIANTS, FishNetArch, fishnet_arch_to_config
-from .official import infer_arch, official_layout, variant_name
+from .official import infer_arch, official_key, official_layout, variant_name
+from .pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
 
 __all__ = [
     "CheckpointLoadError",
     "ConvertedCheckpoint",
+    "LAYOUTS",
+    "load_state_dict",
     "load_official_state_dict",
+    "convert_state_dict",
     "convert_official_state_dict",
     "save_d2_checkpoint",
     "main",
 ]
 
+# {input key: (our key, shape)} for an architecture and a number of classes.
+KeyMap = Dict[str, Tuple[str, torch.Size]]
+# The (architecture, classes) pairs a state_dict may hold, and why none could be inferred.
+Candidates = Tuple[List[Tuple[FishNetArch, int]], Optional[str]]
+
+
 @dataclass
 class ConvertedCheckpoint:
+    """A state_dict renamed to FishNet's keys, with what the converter found in it."""
+
     state_dict: Dict[str, torch.Tensor]  # keys as in FishNet's own state_dict
     arch: FishNetArch
     num_classes: int
+    layout: str  # the input's layout, a key of LAYOUTS
 
     def describe(self) -> str:
         """Which architecture this is, and the config that builds it."""
@@ -57,26 +84,121 @@ class ConvertedCheckpoint:
         return f"{name} ({classes}); its config:\n" + "\n".join(lines)
 
 
-def load_official_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """The official state_dict in ``path`` (``module.`` prefix removed), loaded without running
-    pickled code. Raises CheckpointLoadError for anything else."""
-    loaded = read_torch(path)
-    if isinstance(loaded, Mapping) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
+def _infer(state_dict: Mapping[str, torch.Tensor]) -> Candidates:
+    """:func:`infer_arch` on an official-layout state_dict, as a candidate list."""
+    try:
+        return [infer_arch(state_dict)], None
+    except (KeyError, ValueError, IndexError) as e:
+        return [], f"could not infer an architecture from the keys: {type(e).__name__}: {e}"
+
+
+def _official_candidates(state_dict: Mapping[str, torch.Tensor]) -> Candidates:
+    # The official variants are candidates too, so that a damaged official checkpoint is
+    # reported against its variant.
+    inferred, note = _infer(state_dict)
+    return inferred + [(arch, 1000) for arch in FISHNET_VARIANTS.values()], note
+
+
+def _pytorchcv_candidates(state_dict: Mapping[str, torch.Tensor]) -> Candidates:
+    # pytorchcv builds FishNet-99 and -150 only; its classifier may have been re-sized.
+    fc = state_dict.get("output.final_conv.weight")
+    classes = sorted({1000, fc.shape[0]} if fc is not None and fc.dim() == 4 and fc.shape[0] else {1000})
+    return [(arch, n) for arch in PYTORCHCV_VARIANTS.values() for n in classes], None
+
+
+def _fishnet_d2_candidates(state_dict: Mapping[str, torch.Tensor]) -> Candidates:
+    # Our keys name the official ones one to one: infer the architecture from those.
+    tail = {int(m.group(1)) for k in state_dict if (m := re.match(r"tail\.(\d+)\.", k))}
+    inferred: List[Tuple[FishNetArch, int]] = []
+    note: Optional[str] = "could not infer an architecture from the keys: no tail.* keys"
+    if tail:
+        renamed = {}
+        for key, value in state_dict.items():
+            try:
+                renamed[official_key(key, max(tail) + 1)] = value
+            except (KeyError, AttributeError, IndexError, ValueError):  # not a FishNet key
+                pass
+        inferred, note = _infer(renamed)
+    fc = state_dict.get("classifier.fc.weight")
+    classes = fc.shape[0] if fc is not None and fc.dim() > 0 else 0
+    return inferred + [(arch, classes) for arch in FISHNET_VARIANTS.values()], note
+
+
+def _fishnet_d2_layout(arch: FishNetArch, num_classes: int) -> KeyMap:
+    return {ours: (ours, shape) for ours, shape in _layout("official", arch, num_classes).values()}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A naming of FishNet's weights: how to read its architecture and map its keys to ours."""
+
+    name: str
+    title: str  # "an official FishNet state_dict"
+    prefixes: Tuple[str, ...]  # the first names of its keys, to recognise it
+    candidates: Callable[[Mapping[str, torch.Tensor]], Candidates]
+    key_map: Callable[[FishNetArch, int], KeyMap]
+
+
+LAYOUTS: Dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout(
+            "official", "an official FishNet state_dict", ("conv1.", "conv2.", "conv3.", "fish.fish."),
+            _official_candidates, official_layout,
+        ),
+        Layout(
+            "pytorchcv", "a pytorchcv FishNet state_dict", ("features.", "output."),
+            _pytorchcv_candidates, pytorchcv_layout,
+        ),
+        Layout(
+            "fishnet_d2", "a fishnet_d2 FishNet state_dict",
+            ("stem.", "tail.", "bridge.", "body.", "head.", "classifier."),
+            _fishnet_d2_candidates, _fishnet_d2_layout,
+        ),
+    )
+}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(name: str, arch: FishNetArch, num_classes: int) -> KeyMap:
+    """LAYOUTS[name].key_map, built once per architecture (each builds a FishNet on "meta")."""
+    return LAYOUTS[name].key_map(arch, num_classes)
+
+
+def _tensor(value: object) -> object:
+    """A numpy array (``.pkl`` files) as a tensor; anything else as it is."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return torch.from_numpy(value)
+    return value
+
+
+def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The state_dict in ``path``, in whatever layout: the ``state_dict`` of an official checkpoint,
+    the ``model`` of a Detectron2 weights file, or a bare state_dict; DataParallel's ``module.``
+    prefix removed. ``.pkl`` files are read as Detectron2 model-zoo pickles (numpy arrays), other
+    files with ``torch.load(weights_only=True)``; no code in them runs. Raises
+    CheckpointLoadError for anything else."""
+    loaded = read_pickle(path) if Path(path).suffix == ".pkl" else read_torch(path)
+    if isinstance(loaded, Mapping):
+        wrapper = next((k for k in ("state_dict", "model") if k in loaded), None)
+        loaded = loaded[wrapper] if wrapper else loaded
     if not isinstance(loaded, Mapping) or not loaded:
         raise CheckpointLoadError(
-            f"{path}: expected an official checkpoint (a dict with 'state_dict') or a state_dict; "
+            f"{path}: expected a checkpoint (a dict with 'state_dict' or 'model') or a state_dict; "
             f"found {type(loaded).__name__}"
         )
+    loaded = {k: _tensor(v) for k, v in loaded.items()}
     not_tensors = [str(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointLoadError(f"{path}: the state_dict has non-tensor entries: {listing(not_tensors)}")
     return strip_module_prefix(loaded)
 
 
-def _mismatches(
-    state_dict: Mapping[str, torch.Tensor], layout: Mapping[str, Tuple[str, torch.Size]]
-) -> Tuple[List[str], List[str], List[str]]:
+# The name the first version gave load_state_dict, which read official checkpoints only.
+load_official_state_dict = load_state_dict
+
+
+def _mismatches(state_dict: Mapping[str, torch.Tensor], layout: KeyMap) -> Tuple[List[str], List[str], List[str]]:
     missing = [k for k in layout if k not in state_dict]
     unexpected = [k for k in state_dict if k not in layout]
     misshaped = [
@@ -87,42 +209,58 @@ def _mismatches(
     return missing, unexpected, misshaped
 
 
-def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
-    """Rename an official state_dict to :class:`FishNet`'s keys, after checking every key and
-    shape against the layout of the architecture it holds.
+def _coverage(state_dict: Mapping[str, torch.Tensor], name: str) -> int:
+    """How many of the state_dict's keys start as the keys of layout ``name`` do."""
+    return sum(k.startswith(LAYOUTS[name].prefixes) for k in state_dict)
 
-    The architecture is inferred from the keys; the official variants (1000 classes) are
-    candidates too, so that a damaged official checkpoint is reported against its variant.
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], layout: Optional[str] = None) -> ConvertedCheckpoint:
+    """Rename a FishNet state_dict in ``layout`` (a key of :data:`LAYOUTS`; None: recognised from
+    the keys) to :class:`FishNet`'s keys, after checking every key and shape against the layout of
+    the architecture it holds.
+
+    Only the layouts that name most of the keys are compared (those the keys were meant to be
+    in: all three when none names any). Raises CheckpointLoadError when nothing matches, listing
+    the keys that are missing, unexpected and mis-shaped for the closest match: the architecture,
+    in those layouts, with the fewest differences.
     """
-    candidates: List[Tuple[FishNetArch, int]] = []
-    inference_error: Optional[str] = None
-    try:
-        candidates.append(infer_arch(state_dict))
-    except (KeyError, ValueError, IndexError) as e:
-        inference_error = f"{type(e).__name__}: {e}"
-    candidates += [(arch, 1000) for arch in FISHNET_VARIANTS.values() if (arch, 1000) not in candidates]
-
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: allowed {', '.join(LAYOUTS)}, or None to recognise it")
+    names = list(LAYOUTS) if layout is None else [layout]
+    coverage = {name: _coverage(state_dict, name) for name in names}
+    recognised = [name for name in names if coverage[name] == max(coverage.values())]
     best = None
-    for arch, num_classes in candidates:
-        layout = official_layout(arch, num_classes)
-        problems = _mismatches(state_dict, layout)
-        if best is None or sum(map(len, problems)) < sum(map(len, best[3])):
-            best = (arch, num_classes, layout, problems)
-    arch, num_classes, layout, (missing, unexpected, misshaped) = best
-    if missing or unexpected or misshaped:
-        name = variant_name(arch) or "the architecture inferred from the keys"
+    for name in recognised:
+        candidates, note = LAYOUTS[name].candidates(state_dict)
+        for arch, num_classes in dict.fromkeys(candidates):
+            mapping = _layout(name, arch, num_classes)
+            problems = _mismatches(state_dict, mapping)
+            if not any(problems):
+                converted = {mapping[k][0]: v.detach().clone().contiguous() for k, v in state_dict.items()}
+                return ConvertedCheckpoint(converted, arch, num_classes, name)
+            if best is None or sum(map(len, problems)) < sum(map(len, best[3])):
+                best = (name, arch, num_classes, problems, note)
+    name, arch, num_classes, (missing, unexpected, misshaped), note = best
+    variant = variant_name(arch) or "the architecture inferred from the keys"
+    classes = f"{num_classes} classes" if num_classes else "no classifier"
+    if layout is None:
         report = [
-            f"not an official FishNet state_dict: compared with {name} "
-            f"({num_classes} classes), the closest layout:"
+            f"not a FishNet state_dict in any layout this converter reads (tried: {', '.join(LAYOUTS)}); "
+            f"the closest is the {name} layout of {variant} ({classes}):"
         ]
-        if inference_error:
-            report.append(f"  (could not infer an architecture from the keys: {inference_error})")
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                report.append(f"  {title} ({len(items)}): {listing(items)}")
-        raise CheckpointLoadError("\n".join(report))
-    converted = {layout[k][0]: v.detach().clone().contiguous() for k, v in state_dict.items()}
-    return ConvertedCheckpoint(converted, arch, num_classes)
+    else:
+        report = [f"not {LAYOUTS[name].title}: compared with {variant} ({classes}), the closest layout:"]
+    if note:
+        report.append(f"  ({note})")
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            report.append(f"  {title} ({len(items)}): {listing(items)}")
+    raise CheckpointLoadError("\n".join(report))
+
+
+def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+    """:func:`convert_state_dict` for the official layout only."""
+    return convert_state_dict(state_dict, layout="official")
 
 
 def save_d2_checkpoint(state_dict: Mapping[str, torch.Tensor], output: str, author: str) -> None:
@@ -143,22 +281,34 @@ def save_d2_checkpoint(state_dict: Mapping[str, torch.Tensor], output: str, auth
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Convert an official FishNet checkpoint (ImageNet) to Detectron2 MODEL.WEIGHTS."
+        description="Convert FishNet ImageNet weights (official, pytorchcv, or fishnet_d2's own) to "
+        "Detectron2 MODEL.WEIGHTS."
     )
-    parser.add_argument("input", help="official checkpoint (e.g. fishnet150_ckpt.tar) or state_dict")
+    parser.add_argument(
+        "input",
+        help="official checkpoint (e.g. fishnet150_ckpt.tar), pytorchcv weights "
+        "(e.g. fishnet150-0475-93e26daa.pth), or a state_dict in fishnet_d2's keys",
+    )
     parser.add_argument("output", help="output file: .pth (torch, default) or .pkl (model-zoo format)")
+    parser.add_argument(
+        "--layout",
+        choices=list(LAYOUTS),
+        help="the input's key names (default: recognised from the keys): official (fish.fish.*), "
+        "pytorchcv (features.hg.*), fishnet_d2 (stem.*, tail.*, ...)",
+    )
     args = parser.parse_args(argv)
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         print(f"error: OUTPUT is the INPUT file ({args.input}); choose another path", file=sys.stderr)
         return 2
     try:
-        converted = convert_official_state_dict(load_official_state_dict(args.input))
+        converted = convert_state_dict(load_state_dict(args.input), layout=args.layout)
     except (CheckpointLoadError, FileNotFoundError) as e:
         print(f"error: {e}\nnothing was written to {args.output}", file=sys.stderr)
         return 1
-    author = f"fishnet_d2 converter, from {os.path.basename(args.input)}"
+    author = f"fishnet_d2 converter, from {os.path.basename(args.input)} ({converted.layout} layout)"
     save_d2_checkpoint(converted.state_dict, args.output, author)
-    print(f"found {converted.describe()}")
+    how = "as --layout says" if args.layout else "recognised from the keys"
+    print(f"read the {converted.layout} layout ({how}); found {converted.describe()}")
     print(f"wrote {len(converted.state_dict)} tensors to {args.output}")
     return 0
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Convert an official FishNet checkpoint to Detectron2's MODEL.WEIGHTS format.
+"""Convert FishNet ImageNet weights to Detectron2's MODEL.WEIGHTS format.
 
-    python tools/convert_fishnet_to_d2.py INPUT OUTPUT
+    python tools/convert_fishnet_to_d2.py INPUT OUTPUT [--layout {official,pytorchcv,fishnet_d2}]
 
-See fishnet_d2/convert.py for what is checked and written.
+INPUT: an official checkpoint (e.g. fishnet150_ckpt.tar), pytorchcv's weights
+(e.g. fishnet150-0475-93e26daa.pth), or a file already in fishnet_d2's keys; the layout is
+recognised from the keys unless --layout names it. See fishnet_d2/convert.py for what is checked
+and written.
 """
 import sys
 
