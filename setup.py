@@ -33,7 +33,7 @@ setup(
     package_data={"fishnet_d2.model_zoo": ["configs/*.yaml", "configs/**/*.yaml", "configs/**/*.py"]},
     python_requires=">=3.10",
     install_requires=["fvcore", "iopath", "numpy", "pycocotools", "matplotlib"],
-    extras_require={"test": ["pytest", "hypothesis", "onnx"]},
+    extras_require={"test": ["pytest", "hypothesis", "onnx", "pytorchcv"]},
     entry_points={"console_scripts": ["fishnet-d2-convert=fishnet_d2.convert:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],
 )
