@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..atomic_file import atomic_write
+from ..visualization import draw_predictions
 
 __all__ = [
     "PredictionPanel",
@@ -58,7 +59,9 @@ def prediction_panels(
 ) -> List[PredictionPanel]:
     """Run ``model`` on the images of ``dataset_dicts`` (as the test loader feeds it, through
     ``DatasetMapper(cfg, is_train=False)``) and draw its predictions and the annotations with
-    Detectron2's ``Visualizer``, each category in its ``metadata.thing_colors`` colour."""
+    Detectron2's ``Visualizer``, each category in its ``metadata.thing_colors`` colour; the
+    predictions by :func:`fishnet_d2.visualization.draw_predictions`, as ``tools/predict.py`` draws
+    them."""
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold={score_threshold!r}: must be in [0, 1]")
     mapper = DatasetMapper(cfg, is_train=False)
@@ -72,20 +75,24 @@ def prediction_panels(
     panels = []
     for record, output in zip(dataset_dicts, outputs):
         image = read_image(record["file_name"], format="RGB")
-        instances = output["instances"].to("cpu")
-        instances = instances[instances.scores >= score_threshold]
         ground_truth = Visualizer(
             image, metadata, scale=scale, instance_mode=ColorMode.SEGMENTATION
         )
-        prediction = Visualizer(image, metadata, scale=scale, instance_mode=ColorMode.SEGMENTATION)
         plain = Visualizer(image, metadata, scale=scale).output.get_image()
         panels.append(
             PredictionPanel(
                 file_name=record["file_name"],
                 image=plain,
                 ground_truth=ground_truth.draw_dataset_dict(record).get_image(),
-                prediction=prediction.draw_instance_predictions(instances).get_image(),
-                num_predictions=len(instances),
+                prediction=draw_predictions(
+                    image,
+                    output,
+                    metadata,
+                    score_threshold=score_threshold,
+                    scale=scale,
+                    instance_mode=ColorMode.SEGMENTATION,
+                ),
+                num_predictions=int((output["instances"].scores >= score_threshold).sum()),
             )
         )
     return panels

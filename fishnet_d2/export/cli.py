@@ -1,0 +1,228 @@
+"""What ``tools/export_model.py`` runs: its command line (Detectron2's
+``tools/deploy/export_model.py`` conventions) and ``main``."""
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import detectron2
+import torch
+from detectron2.config import CfgNode
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointLoadError
+from ..predict.config import load_config
+from ..predict.images import InputError
+from ..predict.predictor import load_model
+from ..predict.results import write_json
+from .d2export import ExportUnavailableError, detectron2_export
+from .exporters import FORMATS, METHODS, ONNX_OPSET, Exported, check_exportable, eager_instances, export_model
+from .verify import Difference, compare_instances, fresh_process_difference, model_input, sample_images
+
+__all__ = ["INFO_JSON", "DEFAULT_TOLERANCE", "argument_parser", "main"]
+
+INFO_JSON = "export_info.json"
+DEFAULT_TOLERANCE = 1e-3
+
+EPILOG = f"""\
+example:
+  python tools/export_model.py --config-file COCO-Detection/retinanet_fishnet150_FPN_1x.yaml \\
+      --export-method tracing --format onnx --output exported/ --opts MODEL.WEIGHTS model_final.pth
+
+writes OUTPUT/model.ts (TorchScript) or OUTPUT/model.onnx, and OUTPUT/{INFO_JSON} (how to call the
+model, its outputs' names, the differences measured), only after the check: the exported model and
+eager mode on two sample images (--sample-image and its left three quarters, else two synthetic
+shapes images), differences relative to each output's scale (its largest absolute value) at most
+--tolerance, and a TorchScript file run again in a new Python process that imports only torch and
+torchvision. ONNX models run with onnxruntime when it is installed, else with onnx's reference
+evaluator (slow for full-size models: pip install onnxruntime, or --skip-check).
+exit status: 0 exported and checked, 1 export or check failed (nothing written), 2 bad command line."""
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of Detectron2's ``tools/deploy/export_model.py`` (``--config-file`` taking a
+    fishnet_d2 config name too, overrides after ``--opts``), with the check's options."""
+    parser = argparse.ArgumentParser(
+        description="Export a FishNet detector to TorchScript or ONNX and check it against eager mode.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="a config file, or the name of a fishnet_d2 config (fishnet_d2.model_zoo.list_configs())",
+    )
+    parser.add_argument("--export-method", choices=METHODS, default="tracing", help="default: tracing")
+    parser.add_argument("--format", choices=FORMATS, default="torchscript", help="default: torchscript")
+    parser.add_argument("--output", required=True, metavar="DIR", help="directory for the exported model")
+    parser.add_argument(
+        "--sample-image", metavar="FILE", help="an image to trace with and check on (default: made)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="the largest difference to eager allowed, relative to the output's scale "
+        f"(default {DEFAULT_TOLERANCE:g})",
+    )
+    parser.add_argument("--skip-check", action="store_true", help="export without running the exported model")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
+    )
+    return parser
+
+
+def _print_differences(differences: Sequence[Difference]) -> None:
+    print(f"{'image':<36} {'output':<14} {'max |diff|':>11} {'scale':>10} {'relative':>10}")
+    for d in differences:
+        if d.count_mismatch:
+            exported, eager = d.count_mismatch
+            print(f"{d.image:<36} {'detections':<14} exported {exported}, eager {eager}")
+        else:
+            print(f"{d.image:<36} {d.field:<14} {d.max_abs:>11.3g} {d.scale:>10.4g} {d.relative:>10.3g}")
+
+
+def check_export(
+    cfg: CfgNode,
+    model: nn.Module,
+    exported: Exported,
+    names: Sequence[str],
+    inputs: Sequence[Tensor],
+    tolerance: float,
+) -> Dict[str, Any]:
+    """Compare ``exported`` with eager mode on ``inputs`` (and a TorchScript file with itself in a
+    new process), print the differences, and return them (``passed``: all within ``tolerance``).
+
+    Raises:
+        RuntimeError: the new process failed.
+    """
+    differences: List[Difference] = []
+    for name, image in zip(names, inputs):
+        differences += compare_instances(name, exported.run(image), eager_instances(model, image))
+    _print_differences(differences)
+    worst = max(differences, key=lambda d: d.relative)
+    check: Dict[str, Any] = {
+        "images": list(names),
+        "differences": [
+            dict(image=d.image, output=d.field, max_abs=d.max_abs, scale=d.scale, relative=d.relative)
+            for d in differences
+        ],
+        "max_relative_difference": worst.relative,
+        "worst": f"{worst.field}, {worst.image}",
+        "tolerance": tolerance,
+    }
+    fresh = 0.0
+    if exported.format == "torchscript":
+        fresh = fresh_process_difference(exported, inputs, cfg.MODEL.DEVICE)
+        check["fresh_process_max_relative_difference"] = fresh
+        print(
+            f"{exported.file_name} in a new Python process (torch and torchvision only, no fishnet_d2, "
+            f"no detectron2): largest difference to this process {fresh:.3g} of the output scale"
+        )
+    check["passed"] = worst.relative <= tolerance and fresh <= tolerance
+    if worst.relative > tolerance:
+        check["failure"] = (
+            f"the exported model differs from eager mode by {worst.relative:.3g} of the output scale "
+            f"({check['worst']}), more than --tolerance {tolerance:g}"
+        )
+    elif fresh > tolerance:
+        check["failure"] = (
+            f"{exported.file_name} in a new process differs from this process by {fresh:.3g} of the output "
+            f"scale, more than --tolerance {tolerance:g}"
+        )
+    return check
+
+
+def _info(
+    args: argparse.Namespace, cfg: CfgNode, exported: Exported, how: str, check: Optional[Dict]
+) -> Dict:
+    tracing = exported.method == "tracing"
+    return {
+        "config_file": args.config_file,
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "export_method": exported.method,
+        "format": exported.format,
+        "onnx_opset": ONNX_OPSET if exported.format == "onnx" else None,
+        "call": "model(image)" if tracing else 'model(({"image": image},))[0]',
+        "input": (
+            f"image: float32 tensor (3, H, W) in {cfg.INPUT.FORMAT} order, values 0-255, resized so that "
+            f"the short side is {cfg.INPUT.MIN_SIZE_TEST} and the long side at most {cfg.INPUT.MAX_SIZE_TEST}"
+        ),
+        "outputs": exported.output_names,
+        "outputs_are": ("a tuple of tensors in this order" if tracing else "a list of one dict of tensors")
+        + "; boxes XYXY in the input image's pixels (divide by the resize factor for the original image)",
+        "versions": {
+            "torch": torch.__version__,
+            "detectron2": detectron2.__version__,
+            "detectron2_export": how,
+            "python": platform.python_version(),
+        },
+        "check": check,
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``tools/export_model.py`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    if args.export_method == "scripting" and args.format != "torchscript":
+        parser.error(
+            "--export-method scripting exports to --format torchscript only; "
+            "ONNX comes from --export-method tracing"
+        )
+    if not args.tolerance > 0:
+        parser.error(f"--tolerance={args.tolerance}: must be > 0")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a file; give a directory")
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        parser.error(str(e))
+    try:
+        d2 = detectron2_export()
+    except ExportUnavailableError as e:
+        print(f"error: cannot export with this detectron2: {e}", file=sys.stderr)
+        return 1
+    if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
+        print("error: --format onnx needs the onnx package (pip install onnx)", file=sys.stderr)
+        return 1
+    try:
+        model = load_model(cfg)
+        check_exportable(model, args.export_method, args.format)
+        samples = sample_images(cfg, args.sample_image)
+    except (CheckpointLoadError, FileNotFoundError, ValueError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    names = [name for name, _ in samples]
+    inputs = [model_input(cfg, image) for _, image in samples]
+    print(f"exporting {cfg.MODEL.META_ARCHITECTURE} by {args.export_method} to {args.format} (with {d2.how})")
+    exported = export_model(model, args.export_method, args.format, inputs[0], d2)
+
+    check = None
+    if not args.skip_check:
+        try:
+            check = check_export(cfg, model, exported, names, inputs, args.tolerance)
+        except RuntimeError as e:
+            print(f"error: {e}\nnothing written", file=sys.stderr)
+            return 1
+        if not check["passed"]:
+            print(f"error: {check['failure']}; nothing written", file=sys.stderr)
+            return 1
+        relative, where = check["max_relative_difference"], check["worst"]
+        print(
+            f"largest difference to eager: {relative:.3g} of the output scale ({where}); "
+            f"tolerance {args.tolerance:g}"
+        )
+    path = exported.save(args.output)
+    info_path = os.path.join(args.output, INFO_JSON)
+    write_json(_info(args, cfg, exported, d2.how, check), info_path)
+    print(f"wrote {path} and {info_path}")
+    return 0

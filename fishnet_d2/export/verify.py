@@ -1,0 +1,179 @@
+"""Check an exported model: its outputs against eager mode's on sample images, and the TorchScript
+file run in a new Python process that imports neither fishnet_d2 nor Detectron2."""
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import detectron2.data.transforms as T
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data.detection_utils import convert_PIL_to_numpy
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+from torch import Tensor
+
+from ..data import DEMO_SPEC, render_split
+from ..predict.images import read_image_file
+from .exporters import Exported
+
+__all__ = [
+    "Difference",
+    "sample_images",
+    "model_input",
+    "compare_instances",
+    "run_in_fresh_process",
+    "fresh_process_difference",
+    "FRESH_PROCESS_SCRIPT",
+]
+
+
+def sample_images(cfg: CfgNode, sample_image: Optional[str] = None) -> List[Tuple[str, np.ndarray]]:
+    """Two images, (name, (H, W, C) uint8 in ``cfg.INPUT.FORMAT``), of different aspect ratios (the
+    second is the first's or another's left three quarters): ``sample_image`` (read as
+    ``tools/predict.py`` reads images), else the first two validation images of the demo's
+    synthetic shapes dataset, made in memory."""
+    if sample_image:
+        first = (sample_image, read_image_file(sample_image, cfg.INPUT.FORMAT))
+        second_name, second_image = first
+    else:
+        made = []
+        for file_name, png, _, _ in render_split(DEMO_SPEC, "val"):
+            image = convert_PIL_to_numpy(Image.open(io.BytesIO(png)), cfg.INPUT.FORMAT)
+            made.append((f"shapes {file_name}", image))
+            if len(made) == 2:
+                break
+        first, (second_name, second_image) = made
+    width = max(1, second_image.shape[1] * 3 // 4)
+    return [first, (f"{second_name}, left 3/4", np.ascontiguousarray(second_image[:, :width]))]
+
+
+def model_input(cfg: CfgNode, image: np.ndarray) -> Tensor:
+    """``image`` as the model's input: resized as Detectron2's ``DefaultPredictor`` resizes it
+    (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), a float32 (C, H, W) tensor on ``MODEL.DEVICE``."""
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+    resized = resize.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+    return tensor.to(cfg.MODEL.DEVICE)
+
+
+@dataclass
+class Difference:
+    """The largest difference of one output of the exported model to eager mode's."""
+
+    image: str
+    field: str
+    max_abs: float  # max |exported - eager|
+    scale: float  # max |eager|: the output's scale
+    count_mismatch: Optional[Tuple[int, int]] = None  # (exported, eager) numbers of detections
+
+    @property
+    def relative(self) -> float:
+        """``max_abs / scale`` (infinite when the numbers of detections differ)."""
+        if self.count_mismatch is not None:
+            return float("inf")
+        return self.max_abs / self.scale if self.scale > 0 else self.max_abs
+
+
+def _tensor_fields(instances: Instances) -> Dict[str, Tensor]:
+    return {
+        k: (v.tensor if isinstance(v, Boxes) else v).detach().float().cpu()
+        for k, v in instances.get_fields().items()
+    }
+
+
+def compare_instances(image: str, exported: Instances, eager: Instances) -> List[Difference]:
+    """A :class:`Difference` per field of ``eager`` (boxes, scores, classes, masks)."""
+    expected, actual = _tensor_fields(eager), _tensor_fields(exported)
+    if len(exported) != len(eager):
+        return [Difference(image, "detections", float("inf"), 0.0, (len(exported), len(eager)))]
+    differences = []
+    for name, value in expected.items():
+        if name not in actual:
+            raise ValueError(f"{image}: the exported model gives no {name!r}; it gives {sorted(actual)}")
+        other = actual[name].reshape(value.shape)
+        max_abs = float((other - value).abs().max()) if value.numel() else 0.0
+        scale = float(value.abs().max()) if value.numel() else 0.0
+        differences.append(Difference(image, name, max_abs, scale))
+    return differences
+
+
+# Run in a new interpreter: ``python -c FRESH_PROCESS_SCRIPT MODEL INPUTS OUTPUTS METHOD DEVICE``.
+# torchvision registers the roi_align and nms operators that Detectron2's models call.
+FRESH_PROCESS_SCRIPT = """\
+import sys
+import torch, torchvision
+model_file, inputs_file, outputs_file, method, device = sys.argv[1:6]
+model = torch.jit.load(model_file, map_location=device)
+outputs = []
+with torch.no_grad():
+    for image in torch.load(inputs_file):
+        image = image.to(device)
+        if method == "scripting":
+            outputs.append({k: v.cpu() for k, v in model(({"image": image},))[0].items()})
+        else:
+            outputs.append([t.cpu() for t in model(image)])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("fishnet_d2", "detectron2"))
+if loaded:
+    sys.exit(f"imported {loaded}")
+torch.save(outputs, outputs_file)
+"""
+
+
+def run_in_fresh_process(
+    exported: Exported, images: Sequence[Tensor], device: str
+) -> List[Dict[str, Tensor]]:
+    """The TorchScript ``exported`` run on ``images`` in a new Python process that imports only torch
+    and torchvision (not fishnet_d2, not Detectron2): its outputs by name, per image.
+
+    Raises:
+        RuntimeError: with the process's error output, when it fails.
+    """
+    if exported.format != "torchscript":
+        raise ValueError(f"a {exported.format} model is not run by torch.jit.load")
+    with tempfile.TemporaryDirectory(prefix="fishnet_d2_export_check_") as tmp:
+        model_file = exported.save(tmp)
+        inputs_file, outputs_file = os.path.join(tmp, "inputs.pt"), os.path.join(tmp, "outputs.pt")
+        torch.save([image.cpu() for image in images], inputs_file)
+        arguments = [model_file, inputs_file, outputs_file, exported.method, device]
+        process = subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS_SCRIPT, *arguments], capture_output=True, text=True
+        )
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"the exported {exported.file_name} failed in a new Python process (exit status "
+                f"{process.returncode}):\n{process.stderr[-3000:]}"
+            )
+        outputs = torch.load(outputs_file)
+    if exported.method == "scripting":
+        return outputs
+    return [dict(zip(exported.output_names, flat)) for flat in outputs]
+
+
+def fresh_process_difference(exported: Exported, images: Sequence[Tensor], device: str) -> float:
+    """The largest difference, relative to each output's scale, between the TorchScript
+    ``exported`` run here and in a new process (:func:`run_in_fresh_process`) on ``images``.
+
+    Raises:
+        RuntimeError: the new process failed, or gave outputs of other names or shapes.
+    """
+    largest = 0.0
+    for image, there in zip(images, run_in_fresh_process(exported, images, device)):
+        here = exported.run_raw(image)
+        if sorted(here) != sorted(there):
+            raise RuntimeError(f"in a new process the outputs are {sorted(there)}, here {sorted(here)}")
+        for name, value in here.items():
+            value, other = value.detach().float().cpu(), there[name].float()
+            if value.shape != other.shape:
+                raise RuntimeError(
+                    f"in a new process {name} has shape {tuple(other.shape)}, here {tuple(value.shape)}"
+                )
+            if value.numel():
+                scale = max(float(value.abs().max()), 1e-12)
+                largest = max(largest, float((other - value).abs().max()) / scale)
+    return largest

@@ -1,0 +1,250 @@
+"""tools/export_model.py (fishnet_d2.export): tiny FishNet Mask R-CNN, Faster R-CNN and RetinaNet with
+random weights exported to TorchScript (scripting, tracing) and ONNX (tracing); the exported models
+give eager mode's detections, and the TorchScript files do so in a new Python process that imports
+neither fishnet_d2 nor Detectron2.
+
+Detectron2 main imports ``detectron2.export``; v0.6's imports caffe2 and fails, and the tool loads
+its TorchScript modules on their own (fishnet_d2.export.d2export): every export works in both.
+Where even that fails the tool says what to install (simulated here)."""
+
+import contextlib
+import importlib
+import io
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+
+import fishnet_d2.data  # noqa: F401  (registers the demo datasets, as tools/export_model.py does)
+from fishnet_d2.export import Difference, d2export, detectron2_export, main
+from fishnet_d2.predict import load_config, load_model
+
+from .test_predict import write_model
+from .tiny_detection import tiny_mask_rcnn_cfg
+
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
+
+ARCHITECTURES = ("mask_rcnn", "faster_rcnn", "retinanet")
+EXPORTS = (("scripting", "torchscript"), ("tracing", "torchscript"), ("tracing", "onnx"))
+FIELDS = {
+    "mask_rcnn": ["pred_boxes", "scores", "pred_classes", "pred_masks"],
+    "faster_rcnn": ["pred_boxes", "scores", "pred_classes"],
+    "retinanet": ["pred_boxes", "scores", "pred_classes"],
+}
+
+
+def tiny_cfg(architecture: str):
+    """The tiny Mask R-CNN of tiny_detection.py, or its Faster R-CNN or RetinaNet; every detection
+    kept (score threshold 0), so that the random weights give TEST.DETECTIONS_PER_IMAGE (10)."""
+    cfg = tiny_mask_rcnn_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    if architecture == "faster_rcnn":
+        cfg.MODEL.MASK_ON = False
+    elif architecture == "retinanet":
+        cfg.MODEL.MASK_ON = False
+        cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+        cfg.MODEL.BACKBONE.NAME = "build_retinanet_fishnet_fpn_backbone"
+        cfg.MODEL.FISHNET.OUT_FEATURES = ["head3", "head4", "head5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["head3", "head4", "head5"]
+        cfg.MODEL.RETINANET.NUM_CLASSES = 4
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def config_files(tmp_path_factory):
+    return {a: write_model(tiny_cfg(a), tmp_path_factory.mktemp(a)) for a in ARCHITECTURES}
+
+
+def run(*args):
+    """tools/export_model.py's main in this process: (exit status, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as e:
+            status = e.code
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+# The test's own check: the file alone, in an interpreter that never imports fishnet_d2.
+FRESH = """
+import sys
+import torch, torchvision
+model_file, image_file, outputs_file, method, names = sys.argv[1:6]
+model = torch.jit.load(model_file)
+image = torch.load(image_file)
+with torch.no_grad():
+    if method == "scripting":
+        outputs = model(({"image": image},))[0]
+    else:
+        outputs = dict(zip(names.split(","), model(image)))
+assert not [m for m in sys.modules if m.startswith("fishnet_d2")], "fishnet_d2 was imported"
+torch.save(dict(outputs), outputs_file)
+"""
+
+
+def eager(model, image):
+    """The detections the exported model computes, by Detectron2's own calls."""
+    with torch.no_grad():
+        if isinstance(model, GeneralizedRCNN):
+            return model.inference([{"image": image}], do_postprocess=False)[0]
+        return model([{"image": image}])[0]["instances"]
+
+
+def assert_close_to_eager(fields, expected: Instances, tolerance=1e-3):
+    assert len(fields["scores"]) == len(expected) == 10
+    for name, value in expected.get_fields().items():
+        value = value.tensor if isinstance(value, Boxes) else value
+        other = fields[name].reshape(value.shape).float()
+        scale = max(float(value.abs().max()), 1e-6)
+        assert float((other - value.float()).abs().max()) <= tolerance * scale, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,format", EXPORTS)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_export_matches_eager(config_files, tmp_path, architecture, method, format):
+    args = ["--config-file", config_files[architecture], "--export-method", method, "--format", format]
+    sample = None
+    if architecture == "mask_rcnn" and format == "onnx":  # a given sample image (else made ones)
+        sample = tmp_path / "sample.png"
+        Image.fromarray(np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(sample)
+        args += ["--sample-image", sample]
+    status, out, err = run(*args, "--output", tmp_path / "out")
+    assert status == 0, err
+    info = json.loads((tmp_path / "out" / "export_info.json").read_text())
+    assert (info["export_method"], info["format"]) == (method, format)
+    check = info["check"]
+    assert check["passed"] and check["max_relative_difference"] < 1e-3
+    assert {d["output"] for d in check["differences"]} == set(FIELDS[architecture])
+    assert all(d["relative"] < 1e-3 for d in check["differences"]) and len(check["differences"]) == 2 * len(FIELDS[architecture])
+    assert "largest difference to eager:" in out
+    if sample is not None:
+        assert check["images"][0] == str(sample)
+
+    model = load_model(load_config(str(config_files[architecture])))
+    image = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(1)) * 255  # not a size traced
+    expected = eager(model, image)
+    if format == "onnx":
+        onnx = pytest.importorskip("onnx")
+        exported = onnx.load(str(tmp_path / "out" / "model.onnx"))
+        onnx.checker.check_model(exported, full_check=True)
+        assert [i.name for i in exported.graph.input] == ["image"]
+        assert [o.name for o in exported.graph.output] == info["outputs"] == sorted(FIELDS[architecture]) + ["image_size"]
+        return
+    assert check["fresh_process_max_relative_difference"] < 1e-3
+    torch.save(image, tmp_path / "image.pt")
+    process = subprocess.run(
+        [sys.executable, "-c", FRESH, str(tmp_path / "out" / "model.ts"), str(tmp_path / "image.pt"),
+         str(tmp_path / "outputs.pt"), method, ",".join(info["outputs"])],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    fields = torch.load(tmp_path / "outputs.pt")
+    if method == "scripting" and architecture == "retinanet":  # its boxes before detector_postprocess
+        raw = Instances((48, 64), **{k: (Boxes(v) if k == "pred_boxes" else v) for k, v in fields.items()})
+        fields = {k: (v.tensor if isinstance(v, Boxes) else v) for k, v in detector_postprocess(raw, 48, 64).get_fields().items()}
+    assert_close_to_eager(fields, expected)
+
+
+def test_scripting_to_onnx_is_a_usage_error(config_files, tmp_path):
+    status, _, err = run(
+        "--config-file", config_files["faster_rcnn"], "--export-method", "scripting", "--format", "onnx",
+        "--output", tmp_path,
+    )  # fmt: skip
+    assert status == 2 and "--export-method scripting exports to --format torchscript only" in err
+
+
+def test_other_meta_architectures_are_refused(tmp_path):
+    cfg = tiny_cfg("faster_rcnn")
+    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.SEM_SEG_HEAD.NORM = ""
+    status, _, err = run("--config-file", write_model(cfg, tmp_path), "--output", tmp_path / "out")
+    assert status == 1
+    assert "builds a SemanticSegmentor; export supports GeneralizedRCNN (Mask R-CNN, Faster R-CNN) and RetinaNet" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sample_that_is_not_an_image_is_named(config_files, tmp_path):
+    (tmp_path / "notes.txt").write_text("text\n")
+    status, _, err = run(
+        "--config-file", config_files["faster_rcnn"], "--sample-image", tmp_path / "notes.txt", "--output", tmp_path / "out"
+    )
+    assert status == 1 and f"error: {tmp_path / 'notes.txt'}: not an image" in err
+
+
+@pytest.mark.slow
+def test_a_failed_check_writes_nothing(config_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        "fishnet_d2.export.cli.compare_instances", lambda image, *_: [Difference(image, "scores", 0.5, 1.0)]
+    )
+    status, _, err = run("--config-file", config_files["faster_rcnn"], "--output", tmp_path / "out")
+    assert status == 1
+    assert "differs from eager mode by 0.5 of the output scale (scores, shapes 000000.png)" in err
+    assert "more than --tolerance 0.001; nothing written" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _imports_detectron2_export() -> bool:
+    """Whether this Detectron2's ``detectron2.export`` package imports (main) or not (v0.6, caffe2);
+    after fishnet_d2 loaded v0.6's modules on their own, its bare package (no ``__file__``) is there."""
+    module = sys.modules.get("detectron2.export")
+    if module is not None:
+        return getattr(module, "__file__", None) is not None
+    try:
+        importlib.import_module("detectron2.export")
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("caffe2"):
+            raise
+        return False
+    return True
+
+
+def test_detectron2_export_is_found_on_either_detectron2():
+    flavour_imports = _imports_detectron2_export()
+    export = detectron2_export()
+    if flavour_imports:  # detectron2 main
+        assert export.how == "detectron2.export"
+    else:  # v0.6
+        assert "imports caffe2" in export.how
+    assert export.TracingAdapter.__name__ == "TracingAdapter"
+    assert export.scripting_with_instances.__name__ == "scripting_with_instances"
+
+
+def test_without_usable_export_modules_the_tool_says_what_to_install(config_files, tmp_path, monkeypatch):
+    """As on a Detectron2 v0.6 whose export modules do not load without caffe2."""
+
+    def import_module(name, package=None):
+        if name == "detectron2.export":
+            raise ModuleNotFoundError("No module named 'caffe2'", name="caffe2")
+        if name.startswith("detectron2.export."):
+            raise ImportError(f"cannot import {name} (simulated)")
+        return importlib.import_module(name, package)
+
+    monkeypatch.setattr(d2export, "importlib", types.SimpleNamespace(import_module=import_module))
+    before = sys.modules.get("detectron2.export")
+    try:
+        status, out, err = run("--config-file", config_files["faster_rcnn"], "--output", tmp_path / "out")
+    finally:  # the fallback may have put a bare package there
+        if before is None:
+            sys.modules.pop("detectron2.export", None)
+        else:
+            sys.modules["detectron2.export"] = before
+    assert status == 1 and "Traceback" not in err
+    assert "error: cannot export with this detectron2: detectron2" in err
+    assert "its detectron2.export imports caffe2, which current torch no longer ships" in err
+    assert "D2_SOURCE=git bash tools/setup_env.sh" in err and "D2_SOURCE=/path/to/detectron2" in err
+    assert not (tmp_path / "out").exists()

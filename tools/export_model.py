@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Export a FishNet detector to TorchScript or ONNX, as Detectron2's tools/deploy/export_model.py,
+and check the exported model against eager mode.
+
+    python tools/export_model.py --config-file CONFIG --export-method {scripting,tracing} \
+        --format {torchscript,onnx} --output DIR [--sample-image IMAGE] --opts MODEL.WEIGHTS model_final.pth
+
+CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.export.
+"""
+
+import sys
+
+import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
+from fishnet_d2.export import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Predict images or a video with a FishNet model, as Detectron2's demo/demo.py: draw the
+predictions and write them as COCO results.
+
+    python tools/predict.py --config-file CONFIG --input photos/ 'more/*.jpg' --output out/ \
+        --opts MODEL.WEIGHTS model_final.pth
+    python tools/predict.py --config-file CONFIG --video-input clip.mp4 --output out/clip.mp4
+
+CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.predict.
+"""
+
+import sys
+
+import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
+from fishnet_d2.predict import main
+
+if __name__ == "__main__":
+    sys.exit(main())
