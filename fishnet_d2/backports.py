@@ -8,13 +8,21 @@ Detectron2.
 The check: ``detectron2.utils.comm.create_local_process_group`` exists in main (since 2022) and
 not in v0.6; main still reports ``__version__ == "0.6"``, so the version string cannot tell them
 apart.
+
+Besides the three names, :func:`detectron2_export_modules` gives ``detectron2.export``'s tracing
+and scripting modules, which v0.6 cannot import as a package (its ``__init__`` imports caffe2).
 """
 
+import importlib
 import logging
+import sys
+import types
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
+import detectron2
 import detectron2.checkpoint
 import detectron2.engine
 import torch
@@ -22,7 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
 
-__all__ = ["DETECTRON2_V0_6", "DefaultTrainer", "DetectionCheckpointer", "launch"]
+__all__ = ["DETECTRON2_V0_6", "DefaultTrainer", "DetectionCheckpointer", "launch", "detectron2_export_modules"]
 
 DETECTRON2_V0_6 = not hasattr(comm, "create_local_process_group")
 
@@ -30,7 +38,29 @@ if not DETECTRON2_V0_6:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import DefaultTrainer, launch
 
+    def detectron2_export_modules() -> Tuple[types.ModuleType, types.ModuleType]:
+        """``detectron2.export.flatten`` and ``detectron2.export.torchscript``."""
+        return (
+            importlib.import_module("detectron2.export.flatten"),
+            importlib.import_module("detectron2.export.torchscript"),
+        )
+
 else:
+
+    def detectron2_export_modules() -> Tuple[types.ModuleType, types.ModuleType]:
+        """v0.6's ``detectron2.export.flatten`` and ``.torchscript``, which need only torch and
+        Detectron2, loaded without the package's ``__init__`` (it imports caffe2, which current
+        torch no longer ships; main's does not): under a bare ``detectron2.export`` package (the
+        directory, no code run) that stays in ``sys.modules``, where the modules look themselves up
+        when they script. Importing them applies Detectron2's TorchScript patches, as on main."""
+        if "detectron2.export" not in sys.modules:
+            package = types.ModuleType("detectron2.export", "v0.6's detectron2.export without its __init__")
+            package.__path__ = [str(Path(detectron2.__file__).parent / "export")]
+            sys.modules["detectron2.export"] = package
+        return (
+            importlib.import_module("detectron2.export.flatten"),
+            importlib.import_module("detectron2.export.torchscript"),
+        )
 
     class DefaultTrainer(detectron2.engine.DefaultTrainer):
         """v0.6's DefaultTrainer, whose checkpoints also hold the optimizer's state (its

@@ -3,14 +3,9 @@ eager mode; the whole FishNet Mask R-CNN traces through Detectron2's TracingAdap
 detections of eager mode on the demo images; the backbones export to ONNX models that
 onnx.checker accepts."""
 
-import importlib
 import io
-import sys
-import types
 from itertools import islice
-from pathlib import Path
 
-import detectron2
 import pytest
 import torch
 from detectron2.data.detection_utils import convert_PIL_to_numpy
@@ -18,6 +13,7 @@ from detectron2.modeling import build_backbone, build_model
 from PIL import Image
 
 from fishnet_d2 import FishNet
+from fishnet_d2.backports import detectron2_export_modules
 from fishnet_d2.data import DEMO_SPEC, render_split
 
 from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
@@ -30,32 +26,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
 ]
 
-
-
-def detectron2_export(module: str) -> types.ModuleType:
-    """``detectron2.export.<module>``; importing it also applies Detectron2's TorchScript patches
-    (``torchscript_patch``: e.g. v0.6's FPN becomes scriptable).
-
-    detectron2 v0.6's ``detectron2/export/__init__.py`` imports caffe2 first (newer Detectron2
-    only tries to), and torch no longer ships caffe2, so there the package cannot be imported.
-    Its TracingAdapter and patches need only torch and Detectron2: then load the module under a
-    bare ``detectron2.export`` package, and remove that package from ``sys.modules`` again.
-    """
-    try:
-        return importlib.import_module(f"detectron2.export.{module}")
-    except ModuleNotFoundError as e:
-        if e.name != "caffe2":
-            raise
-    saved = {k: v for k, v in sys.modules.items() if k.startswith("detectron2.export")}
-    package = types.ModuleType("detectron2.export")
-    package.__path__ = [str(Path(detectron2.__file__).parent / "export")]
-    sys.modules["detectron2.export"] = package
-    try:
-        return importlib.import_module(f"detectron2.export.{module}")
-    finally:
-        for name in [k for k in sys.modules if k.startswith("detectron2.export")]:
-            del sys.modules[name]
-        sys.modules.update(saved)
 
 
 def fpn_backbone():
@@ -118,7 +88,7 @@ def test_fishnet_traced_equals_eager(norm):
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_fpn_backbone_scripted_and_traced_equal_eager():
-    detectron2_export("torchscript_patch")  # how Detectron2 scripts its FPN
+    detectron2_export_modules()  # applies Detectron2's TorchScript patches: how it scripts its FPN
     model = randomize_batchnorm(fpn_backbone())
     scripted = save_and_load(torch.jit.script(model))
     traced = save_and_load(trace(model, torch.rand(1, 3, 64, 96)))
@@ -152,7 +122,7 @@ def test_mask_rcnn_traced_with_tracing_adapter_equals_eager():
     model = randomize_batchnorm(build_model(cfg)).eval()
     images = demo_images(3)
     assert all(image.shape == (3, 128, 128) for image in images)
-    adapter = detectron2_export("flatten").TracingAdapter(model, [{"image": images[0]}], inference)
+    adapter = detectron2_export_modules()[0].TracingAdapter(model, [{"image": images[0]}], inference)
     traced = save_and_load(torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False))
     # The demo images, and an image of another size than the one traced.
     for image in images + [torch.rand(3, 96, 160, generator=torch.Generator().manual_seed(2)) * 255]:

@@ -4,16 +4,15 @@ give eager mode's detections, and the TorchScript files do so in a new Python pr
 neither fishnet_d2 nor Detectron2.
 
 Detectron2 main imports ``detectron2.export``; v0.6's imports caffe2 and fails, and the tool loads
-its TorchScript modules on their own (fishnet_d2.export.d2export): every export works in both.
+its TorchScript modules on their own (fishnet_d2.backports.detectron2_export_modules): every
+export works in both.
 Where even that fails the tool says what to install (simulated here)."""
 
 import contextlib
-import importlib
 import io
 import json
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 import fishnet_d2.data  # noqa: F401  (registers the demo datasets, as tools/export_model.py does)
+from fishnet_d2.backports import DETECTRON2_V0_6
 from fishnet_d2.export import Difference, d2export, detectron2_export, main
 from fishnet_d2.predict import load_config, load_model
 
@@ -198,28 +198,12 @@ def test_a_failed_check_writes_nothing(config_files, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def _imports_detectron2_export() -> bool:
-    """Whether this Detectron2's ``detectron2.export`` package imports (main) or not (v0.6, caffe2);
-    after fishnet_d2 loaded v0.6's modules on their own, its bare package (no ``__file__``) is there."""
-    module = sys.modules.get("detectron2.export")
-    if module is not None:
-        return getattr(module, "__file__", None) is not None
-    try:
-        importlib.import_module("detectron2.export")
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("caffe2"):
-            raise
-        return False
-    return True
-
-
 def test_detectron2_export_is_found_on_either_detectron2():
-    flavour_imports = _imports_detectron2_export()
     export = detectron2_export()
-    if flavour_imports:  # detectron2 main
+    if DETECTRON2_V0_6:
+        assert "without the package (v0.6: it imports caffe2)" in export.how
+    else:
         assert export.how == "detectron2.export"
-    else:  # v0.6
-        assert "imports caffe2" in export.how
     assert export.TracingAdapter.__name__ == "TracingAdapter"
     assert export.scripting_with_instances.__name__ == "scripting_with_instances"
 
@@ -227,24 +211,13 @@ def test_detectron2_export_is_found_on_either_detectron2():
 def test_without_usable_export_modules_the_tool_says_what_to_install(config_files, tmp_path, monkeypatch):
     """As on a Detectron2 v0.6 whose export modules do not load without caffe2."""
 
-    def import_module(name, package=None):
-        if name == "detectron2.export":
-            raise ModuleNotFoundError("No module named 'caffe2'", name="caffe2")
-        if name.startswith("detectron2.export."):
-            raise ImportError(f"cannot import {name} (simulated)")
-        return importlib.import_module(name, package)
+    def no_export_modules():
+        raise ImportError("cannot import detectron2.export.flatten (simulated)")
 
-    monkeypatch.setattr(d2export, "importlib", types.SimpleNamespace(import_module=import_module))
-    before = sys.modules.get("detectron2.export")
-    try:
-        status, out, err = run("--config-file", config_files["faster_rcnn"], "--output", tmp_path / "out")
-    finally:  # the fallback may have put a bare package there
-        if before is None:
-            sys.modules.pop("detectron2.export", None)
-        else:
-            sys.modules["detectron2.export"] = before
+    monkeypatch.setattr(d2export, "detectron2_export_modules", no_export_modules)
+    status, out, err = run("--config-file", config_files["faster_rcnn"], "--output", tmp_path / "out")
     assert status == 1 and "Traceback" not in err
     assert "error: cannot export with this detectron2: detectron2" in err
-    assert "its detectron2.export imports caffe2, which current torch no longer ships" in err
+    assert "its export tools cannot be loaded" in err and "(simulated)" in err
     assert "D2_SOURCE=git bash tools/setup_env.sh" in err and "D2_SOURCE=/path/to/detectron2" in err
     assert not (tmp_path / "out").exists()

@@ -1,22 +1,15 @@
 """Detectron2's export tools (``detectron2.export``: ``TracingAdapter``, ``scripting_with_instances``,
-``flatten_to_tuple``) on every Detectron2 build fishnet_d2 supports.
-
-Detectron2 main imports them as ``detectron2.export``. Detectron2 v0.6's
-``detectron2/export/__init__.py`` imports caffe2 first, and current torch ships no caffe2, so there
-the package cannot be imported; its TorchScript and tracing modules themselves need only torch and
-Detectron2, and are loaded here without the package's ``__init__``: under a bare
-``detectron2.export`` package (the directory, no code run) that stays in ``sys.modules`` -- the
-modules look themselves up there when they script.
+``flatten_to_tuple``) on every Detectron2 build fishnet_d2 supports (on v0.6 through
+:func:`fishnet_d2.backports.detectron2_export_modules`), or an error that says what to install.
 """
 
 import dataclasses
-import importlib
-import sys
-import types
 from pathlib import Path
 from typing import Any, Callable
 
 import detectron2
+
+from ..backports import DETECTRON2_V0_6, detectron2_export_modules
 
 __all__ = ["ExportUnavailableError", "INSTALL_HINT", "Detectron2Export", "detectron2_export"]
 
@@ -38,48 +31,28 @@ class Detectron2Export:
     TracingAdapter: type
     scripting_with_instances: Callable[..., Any]
     flatten_to_tuple: Callable[..., Any]
-    how: str  # "detectron2.export", or how it was loaded on v0.6
-
-
-def _modules() -> Detectron2Export:
-    flatten = importlib.import_module("detectron2.export.flatten")
-    torchscript = importlib.import_module("detectron2.export.torchscript")
-    return Detectron2Export(
-        flatten.TracingAdapter, torchscript.scripting_with_instances, flatten.flatten_to_tuple, ""
-    )
+    how: str  # how the modules were loaded
 
 
 def detectron2_export() -> Detectron2Export:
     """Detectron2's export tools; :class:`ExportUnavailableError` when this Detectron2 has none that
-    import.
-
-    Importing them also applies Detectron2's TorchScript patches (``torchscript_patch``)."""
-    existing = sys.modules.get("detectron2.export")
-    if existing is None or getattr(existing, "__file__", None) is not None:  # not the bare package
-        try:
-            importlib.import_module("detectron2.export")
-        except ModuleNotFoundError as e:
-            if e.name is None or not e.name.startswith("caffe2"):
-                raise ExportUnavailableError(
-                    f"detectron2.export cannot be imported: {e}; {INSTALL_HINT}"
-                ) from e
-        else:
-            return dataclasses.replace(_modules(), how="detectron2.export")
-    # Detectron2 v0.6: the package imports caffe2; its export modules do not.
-    if "detectron2.export" not in sys.modules:
-        package = types.ModuleType(
-            "detectron2.export", "detectron2.export's directory without its __init__ (fishnet_d2)"
-        )
-        package.__path__ = [str(Path(detectron2.__file__).parent / "export")]
-        sys.modules["detectron2.export"] = package
+    load."""
     try:
-        modules = _modules()
+        flatten, torchscript = detectron2_export_modules()
     except Exception as e:
+        why = (
+            " (v0.6: its detectron2.export imports caffe2, which current torch no longer ships, and "
+            "its TorchScript modules did not load without it)"
+            if DETECTRON2_V0_6
+            else ""
+        )
         raise ExportUnavailableError(
-            f"detectron2 {detectron2.__version__} at {Path(detectron2.__file__).parent}: its "
-            "detectron2.export imports caffe2, which current torch no longer ships, and its "
-            f"TorchScript modules could not be loaded without it ({type(e).__name__}: {e}); "
-            f"{INSTALL_HINT}"
+            f"detectron2 {detectron2.__version__} at {Path(detectron2.__file__).parent}: its export "
+            f"tools cannot be loaded{why}: {type(e).__name__}: {e}; {INSTALL_HINT}"
         ) from e
-    how = "detectron2.export.flatten and .torchscript (this detectron2's detectron2.export imports caffe2)"
-    return dataclasses.replace(modules, how=how)
+    how = (
+        "detectron2.export.flatten and .torchscript, without the package (v0.6: it imports caffe2)"
+        if DETECTRON2_V0_6
+        else "detectron2.export"
+    )
+    return Detectron2Export(flatten.TracingAdapter, torchscript.scripting_with_instances, flatten.flatten_to_tuple, how)
