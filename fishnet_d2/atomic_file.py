@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import IO, Callable
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "publish"]
 
 
 def _umask() -> int:
@@ -30,6 +30,18 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def publish(temporary: str, path: str) -> None:
+    """Put the complete file ``temporary`` (in ``path``'s directory) at ``path``: flushed to disk,
+    given a new file's mode (0666 less the umask; temporary files are 0600), renamed over
+    ``path``, and the rename made durable. For writers that need a file name of their own (e.g.
+    OpenCV's video writer); :func:`atomic_write` does the rest for everyone else."""
+    with open(temporary, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(temporary, 0o666 & ~_umask())
+    os.replace(temporary, path)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
 def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True) -> None:
     """Call ``write(f)`` on a new temporary file beside ``path``, then put the file at ``path``.
 
@@ -48,14 +60,10 @@ def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file 0600
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(directory)

@@ -8,6 +8,7 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
+from ..atomic_file import publish
 from .images import InputError
 
 __all__ = ["VIDEO_CODECS", "open_video", "open_camera", "read_frames", "AtomicVideoWriter"]
@@ -99,11 +100,7 @@ class AtomicVideoWriter:
             raise RuntimeError(f"{self.path}: no frame was written; nothing to save")
         self._writer.release()
         self._writer = None
-        # The bytes are complete in the temporary file: copy nothing, make them durable and rename.
-        with open(self.temporary, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(self.temporary, 0o666 & ~_umask())
-        os.replace(self.temporary, self.path)
+        publish(self.temporary, self.path)
 
     def discard(self) -> None:
         """Drop the temporary file; ``path`` keeps what it held before."""
@@ -124,8 +121,3 @@ class AtomicVideoWriter:
         else:
             self.discard()
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
