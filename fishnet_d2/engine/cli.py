@@ -3,14 +3,13 @@
 import argparse
 from typing import Dict
 
-import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..checkpoint import FishNetCheckpointer
-from ..config import add_fishnet_config
+from ..config import load_config
 from ..model_zoo import resolve_config_file
 from .trainer import Trainer
 
@@ -23,17 +22,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     ``default_setup`` (logging, output dir)."""
     # A path, or the name of a fishnet_d2 config (fishnet_d2.model_zoo); default_setup reads it.
     args.config_file = resolve_config_file(args.config_file)
-    cfg = get_cfg()
-    add_fishnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}, but this machine has no CUDA device; allowed here: "
-            "'cpu' (add `MODEL.DEVICE cpu` to the command line; --num-gpus N then starts N CPU processes)"
-        )
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     return cfg
 
