@@ -1,13 +1,14 @@
 """Config keys added by fishnet_d2 (``add_fishnet_config(cfg)``), and the tools' config from a file
 name and overrides (``load_config``)."""
 
+import argparse
 from typing import Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_fishnet_config", "load_config"]
+__all__ = ["add_fishnet_config", "add_config_arguments", "load_config"]
 
 
 def add_fishnet_config(cfg: CN) -> None:
@@ -93,6 +94,24 @@ def add_fishnet_config(cfg: CN) -> None:
     # torch.nn.utils.clip_grad_norm_(model.parameters()) does (the paper's clipping).
     # Clip only while the iteration is below UNTIL_ITER; 0 clips for the whole run.
     _C.SOLVER.CLIP_GRADIENTS.UNTIL_ITER = 0
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config-file`` (a path or a fishnet_d2 config name) and ``--opts KEY VALUE ...``, as
+    Detectron2's demo and export tools take them: what :func:`load_config` reads."""
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="a config file, or the name of a fishnet_d2 config (fishnet_d2.model_zoo.list_configs())",
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
+    )
 
 
 def load_config(

@@ -9,13 +9,13 @@ classifier at ``.3``/``.4.1``. Inside a block: ``bn1, conv1, bn2, conv2, bn3, co
 """
 
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
 from .modeling import FISHNET_VARIANTS, FishNet, FishNetArch
 
-__all__ = ["official_key", "official_layout", "infer_arch", "variant_name"]
+__all__ = ["official_key", "official_layout", "renamed_layout", "infer_arch", "variant_name"]
 
 # Our module names inside a block (and inside the score / SE units) -> the official ones.
 _BLOCK = {
@@ -71,17 +71,22 @@ def official_key(key: str, num_stages: int) -> str:
     raise KeyError(f"{key} is not a FishNet state_dict key")
 
 
-def official_layout(arch: FishNetArch, num_classes: int) -> Dict[str, Tuple[str, torch.Size]]:
-    """``{official key: (our key, shape)}`` for a FishNet with BatchNorm (as the official one).
+def renamed_layout(
+    arch: FishNetArch, num_classes: int, rename: Callable[[str, int], str]
+) -> Dict[str, Tuple[str, torch.Size]]:
+    """``{rename(our key, stages per part): (our key, shape)}`` for a FishNet with BatchNorm (as
+    the official and pytorchcv's models are).
 
     Built from :class:`FishNet` itself, so it lists every parameter and buffer the model has.
     """
     with torch.device("meta"):
         model = FishNet(arch, norm="BN", num_classes=num_classes)
-    return {
-        official_key(key, arch.num_stages): (key, value.shape)
-        for key, value in model.state_dict().items()
-    }
+    return {rename(key, arch.num_stages): (key, value.shape) for key, value in model.state_dict().items()}
+
+
+def official_layout(arch: FishNetArch, num_classes: int) -> Dict[str, Tuple[str, torch.Size]]:
+    """``{official key: (our key, shape)}``: :func:`renamed_layout` by :func:`official_key`."""
+    return renamed_layout(arch, num_classes, official_key)
 
 
 def _count(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:

@@ -29,7 +29,8 @@ from typing import Dict, Tuple
 
 import torch
 
-from .modeling import FISHNET_VARIANTS, FishNet, FishNetArch
+from .modeling import FISHNET_VARIANTS, FishNetArch
+from .official import renamed_layout
 
 __all__ = ["PYTORCHCV_VARIANTS", "pytorchcv_key", "pytorchcv_layout"]
 
@@ -99,13 +100,6 @@ def pytorchcv_key(key: str, num_stages: int) -> str:
 
 
 def pytorchcv_layout(arch: FishNetArch, num_classes: int) -> Dict[str, Tuple[str, torch.Size]]:
-    """``{pytorchcv key: (our key, shape)}`` for a FishNet with BatchNorm (as pytorchcv's).
-
-    Built from :class:`FishNet` itself, so it lists every parameter and buffer the model has.
-    """
-    with torch.device("meta"):
-        model = FishNet(arch, norm="BN", num_classes=num_classes)
-    return {
-        pytorchcv_key(key, arch.num_stages): (key, value.shape)
-        for key, value in model.state_dict().items()
-    }
+    """``{pytorchcv key: (our key, shape)}``: :func:`~fishnet_d2.official.renamed_layout` by
+    :func:`pytorchcv_key`."""
+    return renamed_layout(arch, num_classes, pytorchcv_key)

@@ -14,7 +14,7 @@ from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointLoadError
-from ..predict.config import load_config
+from ..config import add_config_arguments, load_config
 from ..predict.images import InputError
 from ..predict.predictor import load_model
 from ..predict.results import write_json
@@ -50,12 +50,7 @@ def argument_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config-file",
-        required=True,
-        metavar="FILE",
-        help="a config file, or the name of a fishnet_d2 config (fishnet_d2.model_zoo.list_configs())",
-    )
+    add_config_arguments(parser)
     parser.add_argument("--export-method", choices=METHODS, default="tracing", help="default: tracing")
     parser.add_argument("--format", choices=FORMATS, default="torchscript", help="default: torchscript")
     parser.add_argument("--output", required=True, metavar="DIR", help="directory for the exported model")
@@ -70,13 +65,6 @@ def argument_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_TOLERANCE:g})",
     )
     parser.add_argument("--skip-check", action="store_true", help="export without running the exported model")
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
-    )
     return parser
 
 

@@ -3,7 +3,7 @@ draw the predictions (:func:`fishnet_d2.visualization.draw_predictions`), save t
 COCO-format results."""
 
 from .cli import argument_parser, main
-from .config import load_config
+from ..config import load_config
 from .images import InputError, expand_inputs, read_image_file
 from .predictor import MAX_OUTPUT_PIXELS, Prediction, Predictor, load_model, output_size
 from .results import assign_image_ids, coco_results, write_json

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..atomic_file import atomic_write
 from ..checkpoint import CheckpointLoadError
 from ..visualization import draw_predictions, prediction_metadata
-from .config import load_config
+from ..config import add_config_arguments, load_config
 from .images import InputError, expand_inputs, read_image_file
 from .predictor import Prediction, Predictor
 from .results import assign_image_ids, coco_results, write_json
@@ -54,12 +54,7 @@ def argument_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config-file",
-        required=True,
-        metavar="FILE",
-        help="a config file, or the name of a fishnet_d2 config (fishnet_d2.model_zoo.list_configs())",
-    )
+    add_config_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--input",
@@ -82,13 +77,6 @@ def argument_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="the minimum score of the predictions kept (the heads' test thresholds; default 0.5; "
         "0.05, Detectron2's default, for results to evaluate)",
-    )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
     )
     return parser
 
