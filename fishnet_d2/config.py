@@ -57,9 +57,14 @@ def add_fishnet_config(cfg: CN) -> None:
     # the resolution. 4 with DEPTH 150 is the paper's FishNeXt-150 (4d) (fishnet_d2.FISHNEXT_VARIANTS).
     # 0: FishNet's ungrouped blocks (the official model).
     _C.MODEL.FISHNET.GROUP_WIDTH = 0
-    # Activation checkpointing: recompute each stage's activations in the backward pass instead
-    # of keeping them. Saves training memory for extra compute; off in the paper.
-    _C.MODEL.FISHNET.CHECKPOINT = False
+    # Activation checkpointing: the stages that recompute their activations in the backward pass
+    # instead of keeping them; saves training memory for extra compute (off in the paper).
+    # None, False or "none": no stage. True or "all": every stage. "stride4": the stem, the last
+    # body stage and the first head stage, which compute at stride 4 (README.md, "Performance":
+    # the most memory for the least time). "tail", "body", "head": that part's stages. Or a
+    # stage name ("stem", "tail3", "bridge", "body2", "head3", ...), or a list of names/choices.
+    # None (not False) by default so that a YAML file or merge_from_list may set any of these.
+    _C.MODEL.FISHNET.CHECKPOINT = None
     # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
     # run fastest on (README.md, "Performance"). The features keep that format (same shapes), so
     # the FPN and heads on them run in it too. False: the input's format (NCHW).

@@ -1,6 +1,10 @@
 """FishNet's fast paths compute what the plain model computes: in-place pre-activations, fused
-FrozenBN, channels-last memory format, activation checkpointing (MODEL.FISHNET.CHECKPOINT) and
-torch.compile."""
+FrozenBN, FrozenBN folded into the conv before it, channels-last memory format (weights too),
+activation checkpointing (MODEL.FISHNET.CHECKPOINT, each choice) and torch.compile. "The plain
+model" is tools/benchmarking/reference.py's PlainFishNet (NCHW, Detectron2's FrozenBatchNorm2d,
+nothing in place or folded), or a FishNet without the fast path in question."""
+
+import sys
 
 from typing import Dict, List, Tuple
 
@@ -14,12 +18,18 @@ from torch import nn
 from fishnet_d2 import FishNet
 from fishnet_d2.modeling.blocks import (
     ChannelSumReduction,
+    ConvNormReLU,
     FusedFrozenBatchNorm2d,
+    GroupedPreActBottleneck,
     PreActBottleneck,
     PreActProjection,
+    ScoreUnit,
 )
 
-from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .common import ALL_FEATURES, REPO, TINY_ARCH, fishnet_cfg, use_tiny_arch
+
+sys.path.insert(0, str(REPO / "tools"))
+from benchmarking.reference import PlainFishNet  # noqa: E402
 
 
 
@@ -117,7 +127,8 @@ def reference_bottleneck(block: PreActBottleneck, x: torch.Tensor) -> torch.Tens
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN", "GN", ""])
 @pytest.mark.parametrize("shortcut", ["identity", "projection", "channel sum"])
 @pytest.mark.parametrize("training", [True, False])
-def test_bottleneck_equals_reference(norm, shortcut, training):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_bottleneck_equals_reference(norm, shortcut, training, grouped):
     c_in, c_out = {"identity": (32, 32), "projection": (16, 32), "channel sum": (64, 32)}[shortcut]
     module = {
         "identity": nn.Identity(),
@@ -125,7 +136,13 @@ def test_bottleneck_equals_reference(norm, shortcut, training):
         "channel sum": ChannelSumReduction(2),
     }[shortcut]
     torch.manual_seed(0)
-    block = randomize_norms(PreActBottleneck(c_in, c_out, shortcut=module, norm=norm)).double()
+    if grouped:
+        block = GroupedPreActBottleneck(c_in, c_out, group_width=4, shortcut=module, norm=norm)
+    else:
+        block = PreActBottleneck(c_in, c_out, shortcut=module, norm=norm)
+    block = randomize_norms(block).double()
+    # FrozenBN after conv1 and conv2 is folded into them; no other norm is.
+    assert block.fold_norm2 == block.fold_norm3 == (norm == "FrozenBN")
     block.train(training)
     # x has negative entries: a ReLU that overwrote x would change what the shortcut reads.
     x = images(2, c_in, 8, 12).requires_grad_()
@@ -150,6 +167,63 @@ def test_fused_frozen_batchnorm_equals_detectron2s(requires_grad):
         (expected,) = torch.autograd.grad(reference(x).pow(2).sum(), x)
         torch.testing.assert_close(got, expected)
     assert FishNet(TINY_ARCH, norm="FrozenBN").stem.conv2.norm.__class__ is FusedFrozenBatchNorm2d
+
+
+def test_stem_and_score_units_fold_frozen_norm():
+    torch.manual_seed(0)
+    for unit, reference in (
+        (ConvNormReLU(8, 16, stride=2, norm="FrozenBN"), lambda u, x: F.relu(FrozenBatchNorm2d.forward(u.norm, u.conv(x)))),
+        (
+            ScoreUnit(16, 24, global_pool=False, norm="FrozenBN"),
+            lambda u, x: u.fc(F.relu(FrozenBatchNorm2d.forward(u.norm2, u.conv1(F.relu(u.norm1(x)))))),
+        ),
+    ):
+        unit = randomize_norms(unit).double()
+        x = images(2, unit.conv.in_channels if hasattr(unit, "conv") else 16, 8, 12).requires_grad_()
+        got = unit(x)
+        expected = reference(unit, x)
+        params = [p for p in unit.parameters()]
+        assert_close_to_scale(
+            [got, *torch.autograd.grad(got.pow(2).sum(), [x, *params])],
+            [expected, *torch.autograd.grad(expected.pow(2).sum(), [x, *params])],
+        )
+
+
+def test_freezing_folds_the_norms_it_freezes():
+    model = FishNet(TINY_ARCH, norm="BN", freeze_at=2, freeze_stem_conv1=True)
+    assert model.stem.conv1.fold_norm and model.stem.conv2.fold_norm  # frozen with the stem
+    assert model.tail[0].blocks[0].fold_norm2 and model.tail[0].blocks[0].fold_norm3
+    assert not model.tail[1].blocks[0].fold_norm2  # trainable BatchNorm: not an affine
+
+
+# --- the whole network against the plain eager reference ---------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN", "GN", ""])
+@pytest.mark.parametrize("training", [True, False])
+def test_fishnet_equals_plain_reference(norm, training):
+    """Every fast path on (folding, channels-last, in place) against tools/benchmarking's
+    PlainFishNet loaded with the same state_dict."""
+    torch.manual_seed(0)
+    fish = randomize_norms(FishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES))
+    plain = PlainFishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES)
+    plain.load_state_dict(fish.state_dict())
+    fish, plain = fish.double().train(training), plain.double().train(training)
+    x = images(2, 3, 64, 96)
+    outputs, grads = train_step(plain, x)
+    fast_outputs, fast_grads = train_step(fish, x)
+    assert_close_to_scale(fast_outputs, outputs)
+    assert_close_to_scale([flat(fast_grads)], [flat(grads)])
+    assert_close_to_scale(list(fish.buffers()), list(plain.buffers()))
+
+
+def test_channels_last_weights_keep_the_state_dict():
+    fish, nchw = FishNet(TINY_ARCH, norm="FrozenBN"), FishNet(TINY_ARCH, norm="FrozenBN", channels_last=False)
+    assert fish.tail[0].blocks[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(fish.state_dict()) == list(nchw.state_dict())
+    nchw.load_state_dict(fish.state_dict())
+    fish.load_state_dict(nchw.state_dict())
+    assert fish.tail[0].blocks[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 # --- channels-last memory format ------------------------------------------------------------------
@@ -197,9 +271,13 @@ def test_channels_last_from_config():
 # --- activation checkpointing -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("norm", ["FrozenBN", "BN", ""])
-def test_checkpointing_equals_plain_model(norm):
-    plain, checkpointed = twin_models(norm, activation_checkpointing=True)
+@pytest.mark.parametrize(
+    "norm, choice",
+    [("FrozenBN", True), ("BN", True), ("", True), ("GN", True)]
+    + [("BN", c) for c in ("stride4", "tail", "body", "head", ["stem", "body2"], "head4")],
+)
+def test_checkpointing_equals_plain_model(norm, choice):
+    plain, checkpointed = twin_models(norm, activation_checkpointing=choice)
     x = images(2, 3, 64, 96)
     for _ in range(2):  # BatchNorm's running statistics after two steps
         outputs, grads = train_step(plain.train(), x)
@@ -237,6 +315,52 @@ def test_checkpointing_from_config_recomputes_each_stage_in_training_only():
     model(x)
     assert set(calls.values()) == {2}, calls  # once each: no recomputation outside training
     assert not build_backbone(fishnet_cfg(), ShapeSpec(channels=3)).activation_checkpointing
+
+
+CHOSEN_STAGES = {
+    "stride4": {"stem", "body2", "head3"},
+    "tail": {"tail3", "tail4", "tail5"},
+    "body": {"body4", "body3", "body2"},
+    "head": {"head3", "head4", "head5"},
+    "none": set(),
+    False: set(),
+    None: set(),
+    (): set(),
+    ("bridge", "tail"): {"bridge", "tail3", "tail4", "tail5"},
+    "head4": {"head4"},
+}
+
+
+@pytest.mark.parametrize("choice", list(CHOSEN_STAGES))
+def test_each_checkpointing_choice_recomputes_the_stages_it_names(choice):
+    cfg = use_tiny_arch(fishnet_cfg())
+    cfg.MODEL.FISHNET.CHECKPOINT = list(choice) if isinstance(choice, tuple) else choice
+    model = build_backbone(cfg, ShapeSpec(channels=3))
+    chosen = CHOSEN_STAGES[choice]
+    assert set(model.activation_checkpointing) == chosen
+    calls = count_stage_calls(model)
+    train_step(model.train(), torch.randn(1, 3, 64, 64))
+    assert calls == {name: 2 if name in chosen else 1 for name in calls}, calls
+
+
+@pytest.mark.parametrize("bad", ["some", "head2", ["stem", "tail9"], 3, "", ["stem", 1]])
+def test_bad_checkpointing_choice_names_the_key_and_what_is_allowed(bad):
+    cfg = use_tiny_arch(fishnet_cfg())
+    cfg.MODEL.FISHNET.CHECKPOINT = bad
+    with pytest.raises(ValueError, match=r"MODEL\.FISHNET\.CHECKPOINT=.*allowed False/True .*stride4.*'head5'"):
+        build_backbone(cfg, ShapeSpec(channels=3))
+
+
+def test_checkpointing_choice_from_yaml_and_merge_from_list(tmp_path):
+    for value in (True, False, "stride4", ["stem", "head3"]):
+        cfg = use_tiny_arch(fishnet_cfg())
+        cfg.merge_from_list(["MODEL.FISHNET.CHECKPOINT", value])
+        assert cfg.MODEL.FISHNET.CHECKPOINT == value
+    path = tmp_path / "c.yaml"
+    path.write_text("MODEL:\n  FISHNET:\n    CHECKPOINT: stride4\n")
+    cfg = fishnet_cfg()
+    cfg.merge_from_file(str(path))
+    assert build_backbone(use_tiny_arch(cfg), ShapeSpec(channels=3)).activation_checkpointing == ("stem", "body2", "head3")
 
 
 def test_checkpointed_model_scripts_and_traces():

@@ -1,5 +1,7 @@
-"""tools/benchmark.py's measuring parts: peak memory, FLOPs, paired ratios, arguments. (Nothing
-here times anything.)"""
+"""tools/benchmark.py's measuring parts: peak memory, FLOPs, paired ratios, arguments, the CPU's
+instruction sets, and the plain eager reference it measures FishNet against (which must be the
+same network: tests/test_backbone_fast_paths.py compares their outputs in float64). (Nothing here
+times anything.)"""
 
 import sys
 
@@ -10,9 +12,10 @@ from torch import nn
 from .common import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-from benchmark import parse_args  # noqa: E402
+from benchmark import instruction_sets, parse_args  # noqa: E402
 from benchmarking.measure import count_flops, peak_memory  # noqa: E402
-from benchmarking.models import parse_models  # noqa: E402
+from benchmarking.models import MODEL_SPECS, parse_models  # noqa: E402
+from benchmarking.reference import PlainFishNet  # noqa: E402
 from benchmarking.report import markdown, ratios  # noqa: E402
 
 
@@ -47,18 +50,52 @@ def result(times, memory=None):
 def test_ratios_are_medians_of_paired_rounds():
     results = {
         "FishNet-150": result([2.0, 9.0, 3.0], memory=500),
-        "R-101": result([2.0, 10.0, 2.0]),
+        "R-101": result([2.0, 10.0, 4.0]),
+        "FishNet-150 plain": result([3.0, 9.0, 4.2]),
         "FishNet-150 ckpt": result([3.0, 9.9, 3.3], memory=250),
+        "FishNet-150 ckpt stride4": result([2.2, 9.9, 3.0], memory=400),
     }
     out = {r["label"]: r for r in ratios(results)}
     vs_resnet = out["FishNet-150 / R-101, backbone fwd+bwd time"]
-    assert vs_resnet["value"] == pytest.approx(1.0)  # rounds: 1.0, 0.9, 1.5
-    assert vs_resnet["met"]
+    assert vs_resnet["value"] == pytest.approx(0.9)  # rounds: 1.0, 0.9, 0.75
+    assert not vs_resnet["met"] and vs_resnet["target"] == 0.80
+    vs_plain = out["FishNet-150 plain / FishNet-150, backbone fwd+bwd time"]
+    assert vs_plain["value"] == pytest.approx(1.4) and vs_plain["met"]  # >= 1.3: 1.5, 1.0, 1.4
     ckpt_time = out["FishNet-150 ckpt / FishNet-150, backbone fwd+bwd time"]
     assert ckpt_time["value"] == pytest.approx(1.1) and ckpt_time["met"]
     ckpt_memory = out["FishNet-150 ckpt / FishNet-150, backbone training peak memory"]
     assert ckpt_memory["value"] == pytest.approx(0.5) and ckpt_memory["met"]
+    stride4 = out["FishNet-150 ckpt stride4 / FishNet-150, backbone fwd+bwd time"]
+    assert stride4["value"] == pytest.approx(1.1) and stride4["met"]  # <= 1.10: 1.1, 1.1, 1.0
+    stride4_memory = out["FishNet-150 ckpt stride4 / FishNet-150, backbone training peak memory"]
+    assert stride4_memory["value"] == pytest.approx(0.8) and not stride4_memory["met"]  # <= 0.70
     assert not any("R-50" in label for label in out)  # not measured: no ratio
+
+
+def test_every_checkpointing_choice_has_a_row():
+    from fishnet_d2.modeling.fishnet import CHECKPOINT_CHOICES
+
+    rows = {spec.opts[1] for spec in MODEL_SPECS.values() if spec.opts[:1] == ("MODEL.FISHNET.CHECKPOINT",)}
+    assert rows == {True, *CHECKPOINT_CHOICES} - {"none", "all"}
+    assert MODEL_SPECS["fishnet150-plain"].plain_reference
+
+
+def test_plain_reference_loads_fishnets_state_dict():
+    from fishnet_d2 import FishNet
+
+    from .common import TINY_ARCH
+
+    fish = FishNet(TINY_ARCH, norm="FrozenBN")
+    plain = PlainFishNet(TINY_ARCH, norm="FrozenBN")
+    plain.load_state_dict(fish.state_dict())  # strict: the same keys and shapes
+    assert all(p.is_contiguous() for p in plain.parameters())  # NCHW, as built
+    assert not any(type(m).__name__.startswith("Fused") for m in plain.modules())
+
+
+def test_instruction_sets_from_cpuinfo_flags():
+    assert instruction_sets("flags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n") == "AVX-512 VNNI, AVX-512, AVX2"
+    assert instruction_sets("flags\t\t: fpu avx avx2\n") == "AVX2"
+    assert instruction_sets("flags\t\t: fpu sse4_2\n") == "no AVX2"
 
 
 def test_bad_arguments_name_what_is_allowed():
@@ -89,6 +126,11 @@ def test_markdown_table_has_every_model_and_ratio():
         },
         "ratios": [{"label": "FishNet-150 / R-101, x", "value": 0.9, "target": 1.0, "met": True}],
     }
+    report["environment"]["isa"] = "AVX-512, AVX2"
+    report["ratios"].append({"label": "A / B, y", "value": 1.5, "target": -1.3, "met": True})
+    report["ratios"].append({"label": "A / C, z", "value": 0.5, "target": None, "met": None})
     text = markdown(report)
     assert "| FishNet-150 | 1.50 | 1500.00 |" in text and "| R-101 |" in text
     assert "| FishNet-150 / R-101, x | 0.900 | <= 1.0 (met) |" in text
+    assert "| A / B, y | 1.500 | >= 1.3 (met) |" in text and "| A / C, z | 0.500 | - |" in text
+    assert text.startswith("Device: CPU (AVX-512, AVX2); 2 threads")

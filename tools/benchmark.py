@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Benchmark FishNet-99/150/201 against Detectron2's R-50 and R-101, each as a Mask R-CNN FPN
-with FrozenBN, in one run on this machine.
+with FrozenBN, in one run on this machine; also FishNet-150's plain eager reference
+(``fishnet150-plain``: the same network and weights without fishnet_d2's fast paths) and its
+activation checkpointing choices (``fishnet150-ckpt``: every stage; ``fishnet150-ckpt-stride4``,
+``-tail``, ``-body``, ``-head``: MODEL.FISHNET.CHECKPOINT's named choices).
 
 Measures parameters, FLOPs (fvcore), backbone forward + backward time, training iteration time,
 inference time per image and peak tensor memory. Times are medians over rounds; within a round
@@ -11,6 +14,8 @@ benchmark.png to --output.
     .venv/bin/python tools/benchmark.py                       # everything, defaults below
     .venv/bin/python tools/benchmark.py --quick               # smoke run: small inputs, 1 round
     .venv/bin/python tools/benchmark.py --models fishnet150 r101 --reps 9 --device cuda
+    .venv/bin/python tools/benchmark.py --models fishnet150 fishnet150-plain r101 r50 \
+        fishnet150-ckpt fishnet150-ckpt-stride4 --threads 2
 """
 
 import argparse
@@ -83,7 +88,26 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
+def instruction_sets(cpuinfo: str) -> str:
+    """The vector instruction sets a CPU has, from /proc/cpuinfo's flags: what oneDNN's and
+    MKL's kernels (and so the timings) depend on most."""
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    named = [
+        ("amx_tile", "AMX"),
+        ("avx512_bf16", "AVX-512 BF16"),
+        ("avx512_vnni", "AVX-512 VNNI"),
+        ("avx512f", "AVX-512"),
+        ("avx2", "AVX2"),
+    ]
+    found = [name for flag, name in named if flag in flags]
+    return ", ".join(found) if found else ("no AVX2" if flags else "")
+
+
 def environment(device: str) -> Dict[str, object]:
+    isa = ""
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(device)
     else:
@@ -93,6 +117,7 @@ def environment(device: str) -> Dict[str, object]:
             platform.processor() or "CPU",
         ) if Path("/proc/cpuinfo").exists() else (platform.processor() or "CPU")  # fmt: skip
         name = f"{model}, {os.cpu_count()} cores (CPU)"
+        isa = instruction_sets(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else ""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
@@ -102,6 +127,7 @@ def environment(device: str) -> Dict[str, object]:
         commit = "unknown"
     return {
         "device": name,
+        "isa": isa,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "detectron2": detectron2.__version__,

@@ -4,7 +4,7 @@ Every module here takes explicit arguments; none reads a config.
 """
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,8 @@ __all__ = [
     "SqueezeExcitation",
     "conv_init_",
     "relu_may_overwrite",
+    "folds_into_conv",
+    "choose_folding",
 ]
 
 Norm = Union[str, type, None]
@@ -38,6 +40,11 @@ class FusedFrozenBatchNorm2d(FrozenBatchNorm2d):
     FishNet's pre-activation blocks normalize every block input at full width, so this affine
     is a good part of their elementwise work (Detectron2's ResNets normalize conv outputs).
     """
+
+    def scale_shift(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)``, the affine this norm is: ``norm(y) = y * scale + shift`` per channel."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:  # as Detectron2 does, an affine, not F.batch_norm (which keeps x)
@@ -72,16 +79,46 @@ def make_norm(norm: Norm, channels: int) -> nn.Module:
     return nn.Identity() if module is None else module
 
 
+def folds_into_conv(norm: nn.Module) -> bool:
+    """Whether ``norm``, directly after a convolution, is folded into it: a FrozenBN
+    (:class:`FusedFrozenBatchNorm2d`) is a fixed per-channel affine ``y * scale + shift``, so
+    ``norm(conv(x, w)) = conv(x, w * scale, bias=shift)``, exactly, in training too (the folded
+    weight is recomputed from the trainable ``w`` at every call, and autograd takes the
+    gradient through the product). The convolution then writes the normalized map itself: one
+    elementwise pass over the activations less forward, and one less backward.
+
+    BatchNorm in training normalizes by batch statistics, GroupNorm by each sample's: neither is
+    an affine of the conv's output that the conv could compute.
+    """
+    return isinstance(norm, FusedFrozenBatchNorm2d)
+
+
+def conv_weight_folded(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``weight * scale`` per output channel (the first dimension); keeps ``weight``'s memory format."""
+    return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype)
+
+
 class FishNetBlockBase(CNNBlockBase):
     """Detectron2's ``CNNBlockBase`` whose :meth:`freeze` installs :class:`FusedFrozenBatchNorm2d`,
-    so that a frozen stage runs the same (faster) FrozenBN as ``norm="FrozenBN"``."""
+    so that a frozen stage runs the same (faster) FrozenBN as ``norm="FrozenBN"``, and folds the
+    norms that now can into their convolutions (:func:`folds_into_conv`)."""
 
     def freeze(self) -> "FishNetBlockBase":
         """No gradients for the parameters; every BatchNorm becomes a FusedFrozenBatchNorm2d."""
         for p in self.parameters():
             p.requires_grad = False
         FusedFrozenBatchNorm2d.convert_frozen_batchnorm(self)
+        choose_folding(self)
         return self
+
+
+def choose_folding(module: nn.Module) -> None:
+    """(Re)decide, for ``module`` and what it contains, which norms are folded into the conv
+    before them, from the norms they now have: when a block is built, and after :meth:`freeze`
+    replaced its norms. Call it after replacing norms by hand, too."""
+    for m in module.modules():
+        if isinstance(m, (PreActBottleneck, ConvNormReLU, ScoreUnit)):
+            m.decide_folding()
 
 
 def relu_may_overwrite(norm: nn.Module) -> bool:
@@ -138,6 +175,12 @@ class PreActProjection(nn.Module):
 
 
 class PreActBottleneck(FishNetBlockBase):
+    # Whether norm2 / norm3 are folded into conv1 / conv2 (folds_into_conv): decided from the
+    # norms when the block is built or frozen; constants to TorchScript, which compiles only the
+    # branch taken.
+    fold_norm2: torch.jit.Final[bool]
+    fold_norm3: torch.jit.Final[bool]
+
     """The pre-activation bottleneck residual unit, ``x_{l+1} = x_l + F(x_l)`` (paper, eq. 1):
     FishNet's building block, "the Residual block with identity mapping" (sec. 4.1).
 
@@ -188,13 +231,31 @@ class PreActBottleneck(FishNetBlockBase):
         for conv in (self.conv1, self.conv2, self.conv3):
             conv_init_(conv)
         self.relu1_inplace = relu_may_overwrite(self.norm1)
+        self.decide_folding()
+
+    def decide_folding(self) -> None:
+        """Fold norm2 into conv1 and norm3 into conv2 where they are FrozenBN (folds_into_conv)."""
+        self.fold_norm2 = folds_into_conv(self.norm2)
+        self.fold_norm3 = folds_into_conv(self.norm3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.relu(self.norm1(x), inplace=self.relu1_inplace))
-        # From here on `out` is a convolution's output, which its backward does not keep:
-        # overwriting it (or its norm's output) in place is safe.
-        out = self.conv2(F.relu_(self.norm2(out)))
-        out = self.conv3(F.relu_(self.norm3(out)))
+        out = F.relu(self.norm1(x), inplace=self.relu1_inplace)
+        # From here on `out` is a convolution's output (or its norm's), which their backward does
+        # not keep: overwriting it in place is safe.
+        if self.fold_norm2:
+            scale, shift = self.norm2.scale_shift()
+            weight = conv_weight_folded(self.conv1.weight, scale)
+            out = self.conv1._conv_forward(out, weight, shift.to(out.dtype))
+        else:
+            out = self.norm2(self.conv1(out))
+        out = F.relu_(out)
+        if self.fold_norm3:
+            scale, shift = self.norm3.scale_shift()
+            weight = conv_weight_folded(self.conv2.weight, scale)
+            out = self.conv2._conv_forward(out, weight, shift.to(out.dtype))
+        else:
+            out = self.norm3(self.conv2(out))
+        out = self.conv3(F.relu_(out))
         out += self.shortcut(x)
         return out
 
@@ -243,15 +304,25 @@ class GroupedPreActBottleneck(PreActBottleneck):
 
 
 class ConvNormReLU(FishNetBlockBase):
-    """``conv3x3 - norm - ReLU``: one of the stem's three units."""
+    """``conv3x3 - norm - ReLU``: one of the stem's three units (a FrozenBN folded into the conv:
+    :func:`folds_into_conv`)."""
+
+    fold_norm: torch.jit.Final[bool]
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: Norm = "BN"):
         super().__init__(in_channels, out_channels, stride)
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.norm = make_norm(norm, out_channels)
         conv_init_(self.conv)
+        self.decide_folding()
+
+    def decide_folding(self) -> None:
+        self.fold_norm = folds_into_conv(self.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fold_norm:
+            scale, shift = self.norm.scale_shift()
+            return F.relu_(self.conv._conv_forward(x, conv_weight_folded(self.conv.weight, scale), shift.to(x.dtype)))
         return F.relu_(self.norm(self.conv(x)))
 
 
@@ -259,8 +330,11 @@ class ScoreUnit(nn.Module):
     """The official "score" unit: ``norm-ReLU-conv1x1(C -> C/2)-norm-ReLU``, then ``conv1x1(bias)``.
 
     The bridge uses it without pooling to produce ``s`` (``C -> 2C``); the classifier with a global
-    average pool before the last conv (``C -> classes``).
+    average pool before the last conv (``C -> classes``). A FrozenBN ``norm2`` is folded into
+    ``conv1`` (:func:`folds_into_conv`).
     """
+
+    fold_norm2: torch.jit.Final[bool]
 
     def __init__(self, in_channels: int, out_channels: int, *, global_pool: bool, norm: Norm = "BN"):
         super().__init__()
@@ -272,9 +346,19 @@ class ScoreUnit(nn.Module):
         self.fc = nn.Conv2d(mid_channels, out_channels, kernel_size=1, bias=True)
         conv_init_(self.conv1)
         conv_init_(self.fc)
+        self.decide_folding()
+
+    def decide_folding(self) -> None:
+        self.fold_norm2 = folds_into_conv(self.norm2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm2(self.conv1(F.relu(self.norm1(x)))))
+        x = F.relu(self.norm1(x))
+        if self.fold_norm2:
+            scale, shift = self.norm2.scale_shift()
+            x = self.conv1._conv_forward(x, conv_weight_folded(self.conv1.weight, scale), shift.to(x.dtype))
+        else:
+            x = self.norm2(self.conv1(x))
+        x = F.relu(x)
         if self.global_pool:
             x = F.adaptive_avg_pool2d(x, 1)
         return self.fc(x)

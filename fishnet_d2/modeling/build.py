@@ -29,6 +29,8 @@ def config_key(name: str) -> str:
     """The config key of a FishNetArch field or a FishNet argument."""
     if name == "in_channels":
         return "input_shape.channels"
+    if name == "activation_checkpointing":
+        return "MODEL.FISHNET.CHECKPOINT"
     if name in ARCH_KEYS:
         return f"MODEL.FISHNET.ARCH.{name.upper()}"
     return f"MODEL.FISHNET.{name.upper()}"

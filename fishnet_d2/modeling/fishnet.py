@@ -1,7 +1,7 @@
 """The FishNet backbone (Sun et al., "FishNet: A Versatile Backbone for Image, Region, and Pixel
 Level Prediction", NeurIPS 2018), exact to the official ImageNet model."""
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -13,7 +13,15 @@ from .blocks import Norm, ScoreUnit
 from .errors import InvalidValue
 from .stages import Bridge, DownRefinementStage, FishStage, FishStem, TailStage, UpRefinementStage
 
-__all__ = ["FishNet", "ChannelsLast"]
+__all__ = ["FishNet", "ChannelsLast", "CHECKPOINT_CHOICES"]
+
+# MODEL.FISHNET.CHECKPOINT's named choices: which stages recompute their activations in the
+# backward pass (README.md, "Performance", measures each). "stride4": the stages that compute
+# at stride 4 (or 2): the stem, the last body stage (its transfer blocks and up-sampled output),
+# the first head stage (its refinement is the head's stride-4 feature): little compute, a large
+# share of the activations.
+CHECKPOINT_CHOICES = ("none", "all", "stride4", "tail", "body", "head")
+Checkpointing = Union[None, bool, str, Sequence[str]]
 
 
 class ChannelsLast(nn.Module):
@@ -57,7 +65,7 @@ class FishNet(Backbone):
         num_classes: int = 0,
         freeze_at: int = 0,
         freeze_stem_conv1: bool = False,
-        activation_checkpointing: bool = False,
+        activation_checkpointing: Checkpointing = False,
         channels_last: bool = True,
     ):
         """
@@ -72,8 +80,11 @@ class FishNet(Backbone):
             freeze_at: number of stages to freeze, in the order they run (see :meth:`freeze`).
             freeze_stem_conv1: freeze the stem's first conv (and its norm), the only convolution
                 that runs at full input resolution, as the paper does for COCO.
-            activation_checkpointing: in training, recompute each stage's activations in the
-                backward pass instead of storing them (less memory, more time).
+            activation_checkpointing: in training, recompute these stages' activations in the
+                backward pass instead of storing them (less memory, more time): ``True`` or
+                "all" every stage, ``False``, ``None`` or "none" none, "stride4", "tail",
+                "body" or "head" (:data:`CHECKPOINT_CHOICES`), a stage name ("stem", "tail3",
+                ..., "bridge", "body4", ..., "head3", ...), or a list of names and choices.
             channels_last: compute in the channels-last memory format (NHWC), which oneDNN's
                 and cuDNN's convolutions run fastest on. The features keep it (their shapes are
                 the same; what reads them, e.g. an FPN, runs in that format too).
@@ -86,7 +97,6 @@ class FishNet(Backbone):
         self.arch = arch
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.activation_checkpointing = activation_checkpointing
         self.channels_last = channels_last
         # The input's memory format, chosen once: oneDNN's and cuDNN's convolutions run fastest on
         # channels-last, and every layer after the first keeps the format of its input.
@@ -186,11 +196,58 @@ class FishNet(Backbone):
             if num_classes > 0:
                 out_features.append("linear")
         self._out_features = self._check_out_features(out_features)
+        # The names of the stages that recompute, in the order they run (empty: none).
+        self.activation_checkpointing = self._checkpointed_stages(activation_checkpointing)
         for stage in self.stages():
-            stage.recompute_in_backward = activation_checkpointing
+            stage.recompute_in_backward = stage.name in self.activation_checkpointing
         self.freeze(freeze_at)
         if freeze_stem_conv1:
             self.stem.conv1.freeze()
+        if channels_last:
+            # The conv weights too: a convolution whose input is channels-last and its weight
+            # not converts the weight at every call, forward and backward (3 weight-sized
+            # transposing copies per conv and step, a good part of a step at the lowest
+            # resolutions, where weights are as large as activations). The values, and so the
+            # state_dict, are the same; loading copies into this format.
+            self.to(memory_format=torch.channels_last)
+
+    def _checkpoint_choices(self) -> Dict[str, List[str]]:
+        """The stages each named choice of ``activation_checkpointing`` recomputes."""
+        stem, tail, bridge, body, head = [self.stem], list(self.tail), [self.bridge], list(self.body), list(self.head)
+        return {
+            "none": [],
+            "all": [s.name for s in self.stages()],
+            "stride4": [s.name for s in stem + [body[-1], head[0]]],
+            "tail": [s.name for s in tail],
+            "body": [s.name for s in body],
+            "head": [s.name for s in head],
+        }
+
+    def _checkpointed_stages(self, value: Checkpointing) -> Tuple[str, ...]:
+        choices = self._checkpoint_choices()
+        names = [s.name for s in self.stages()]
+        if value is None or value is False:
+            value = "none"
+        elif value is True:
+            value = "all"
+        items = [value] if isinstance(value, str) else value
+        chosen = set()
+        ok = isinstance(items, (list, tuple))  # [] is none
+        for item in items if ok else ():
+            if isinstance(item, str) and item in choices:
+                chosen.update(choices[item])
+            elif isinstance(item, str) and item in names:
+                chosen.add(item)
+            else:
+                ok = False
+        if not ok:
+            raise InvalidValue(
+                "activation_checkpointing",
+                value,
+                f"allowed False/True (none/all), one of {list(choices)}, a stage name of {names}, "
+                "or a list of those",
+            )
+        return tuple(name for name in names if name in chosen)
 
     def _record(self, name: str, level: int, channels: int) -> None:
         """Record an output feature's ShapeSpec as its stage is built."""

@@ -16,6 +16,8 @@ from torch import nn
 
 from fishnet_d2 import FISHNET_VARIANTS, FishNet, add_fishnet_config
 
+from .reference import PlainFishNet
+
 __all__ = ["ModelSpec", "MODEL_SPECS", "parse_models", "build_detector", "imagenet_classifier"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +36,9 @@ class ModelSpec:
     depth: int = 150
     # Measured only in training (activation checkpointing changes nothing in inference).
     training_only: bool = False
+    # True: the detector's FishNet replaced by the plain eager reference (reference.py), with
+    # the same weights: what fishnet_d2's fast paths are measured against.
+    plain_reference: bool = False
 
 
 def _fishnet(depth: int) -> ModelSpec:
@@ -52,6 +57,9 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
     "fishnet201": _fishnet(201),
     "r50": _resnet(50),
     "r101": _resnet(101),
+    "fishnet150-plain": ModelSpec(
+        "FishNet-150 plain", _fishnet(150).config, depth=150, plain_reference=True
+    ),
     "fishnet150-ckpt": ModelSpec(
         "FishNet-150 ckpt",
         _fishnet(150).config,
@@ -60,6 +68,15 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
         training_only=True,
     ),
 }
+# One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt").
+for _choice in ("stride4", "tail", "body", "head"):
+    MODEL_SPECS[f"fishnet150-ckpt-{_choice}"] = ModelSpec(
+        f"FishNet-150 ckpt {_choice}",
+        _fishnet(150).config,
+        opts=("MODEL.FISHNET.CHECKPOINT", _choice),
+        depth=150,
+        training_only=True,
+    )
 
 
 def parse_models(names: List[str]) -> List[ModelSpec]:
@@ -86,6 +103,13 @@ def build_detector(spec: ModelSpec, device: str, opts: Sequence[str] = ()) -> nn
     """The detector with random weights, its FrozenBN statistics set as :func:`calibrate_norms`."""
     torch.manual_seed(0)
     model = build_model(detector_config(spec, device, opts))
+    if spec.plain_reference:
+        fishnet = model.backbone.bottom_up
+        plain = PlainFishNet(fishnet.arch, norm="FrozenBN", out_features=fishnet._out_features)
+        plain.load_state_dict(fishnet.state_dict())
+        for p, q in zip(plain.parameters(), fishnet.parameters()):  # the frozen stem conv too
+            p.requires_grad_(q.requires_grad)
+        model.backbone.bottom_up = plain.to(device)
     images = [{"image": image} for image in random_images(2, 256, 320, seed=0, device=device)]
     calibrate_norms(model.backbone.bottom_up, model.preprocess_image(images).tensor)
     return model
@@ -107,14 +131,24 @@ def calibrate_norms(backbone: nn.Module, images: torch.Tensor) -> None:
 
     norms = [m for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
     hooks = [norm.register_forward_pre_hook(set_statistics) for norm in norms]
+    # A FishNet folds a FrozenBN that follows a conv into the conv (blocks.folds_into_conv): the
+    # norm module is not called, nor its hook. Unfolded while calibrating, then decided again.
+    folding = [m for m in backbone.modules() if hasattr(m, "decide_folding")]
+    for module in folding:
+        for name in [n for n in vars(module) if n.startswith("fold_norm")]:
+            setattr(module, name, False)
     with torch.no_grad():
         backbone(images)
     for hook in hooks:
         hook.remove()
+    for module in folding:
+        module.decide_folding()
 
 
 def imagenet_classifier(spec: ModelSpec) -> nn.Module:
     """The ImageNet model (1000 classes, BatchNorm) of the same backbone: the paper's FLOPs."""
+    if spec.family == "fishnet" and spec.plain_reference:
+        return PlainFishNet(FISHNET_VARIANTS[spec.depth], norm="BN", num_classes=1000, out_features=["linear"])
     if spec.family == "fishnet":
         return FishNet(FISHNET_VARIANTS[spec.depth], norm="BN", num_classes=1000)
     stages = ResNet.make_default_stages(spec.depth, norm="BN")
