@@ -400,3 +400,41 @@ def test_compile_fullgraph_equals_eager(norm, activation_checkpointing):
     assert_close_to_scale(list(model.buffers()), list(plain.buffers()))
     with torch.no_grad():
         assert_close_to_scale(compiled.eval()(x), plain.eval()(x))
+
+
+# --- the official model, every fast path on --------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_golden_outputs_with_every_fast_path(training):
+    """tests/test_backbone_golden.py's check (the official code's outputs on tiny_golden.pt,
+    relative error < 1e-4), with FrozenBN, so that its norms after a conv are folded, in
+    channels-last, and in training with grad (the training-mode FrozenBN and checkpointing of
+    every stage) as well as in eval."""
+    from fishnet_d2.official import infer_arch, official_layout
+
+    from .common import REFERENCE
+    from .test_backbone_golden import STAGE_NAMES, TOLERANCE, relative_error
+
+    golden = torch.load(REFERENCE / "tiny_golden.pt", map_location="cpu", weights_only=True)
+    arch, num_classes = infer_arch(golden["state_dict"])
+    layout = official_layout(arch, num_classes)
+    model = FishNet(
+        arch,
+        norm="FrozenBN",
+        num_classes=num_classes,
+        out_features=STAGE_NAMES + ["linear"],
+        activation_checkpointing=True,
+    )
+    state = {layout[k][0]: v for k, v in golden["state_dict"].items()}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    model.load_state_dict(state)
+    assert model.tail[0].blocks[0].fold_norm2 and model.stem.conv1.fold_norm and model.channels_last
+    model.double().train(training)
+    with torch.set_grad_enabled(training):
+        outputs = model(golden["input"].double())
+    if training:
+        sum(o.sum() for o in outputs.values()).backward()  # checkpointing recomputes every stage
+    for name, expected in zip(STAGE_NAMES, golden["stage_outputs"]):
+        assert relative_error(outputs[name].detach(), expected) < TOLERANCE, name
+    assert relative_error(outputs["linear"].detach(), golden["logits"]) < TOLERANCE

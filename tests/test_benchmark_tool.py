@@ -53,7 +53,7 @@ def test_ratios_are_medians_of_paired_rounds():
         "R-101": result([2.0, 10.0, 4.0]),
         "FishNet-150 plain": result([3.0, 9.0, 4.2]),
         "FishNet-150 ckpt": result([3.0, 9.9, 3.3], memory=250),
-        "FishNet-150 ckpt stride4": result([2.2, 9.9, 3.0], memory=400),
+        "FishNet-150 ckpt stride4+tail": result([2.2, 9.9, 3.0], memory=400),
     }
     out = {r["label"]: r for r in ratios(results)}
     vs_resnet = out["FishNet-150 / R-101, backbone fwd+bwd time"]
@@ -65,9 +65,9 @@ def test_ratios_are_medians_of_paired_rounds():
     assert ckpt_time["value"] == pytest.approx(1.1) and ckpt_time["met"]
     ckpt_memory = out["FishNet-150 ckpt / FishNet-150, backbone training peak memory"]
     assert ckpt_memory["value"] == pytest.approx(0.5) and ckpt_memory["met"]
-    stride4 = out["FishNet-150 ckpt stride4 / FishNet-150, backbone fwd+bwd time"]
+    stride4 = out["FishNet-150 ckpt stride4+tail / FishNet-150, backbone fwd+bwd time"]
     assert stride4["value"] == pytest.approx(1.1) and stride4["met"]  # <= 1.10: 1.1, 1.1, 1.0
-    stride4_memory = out["FishNet-150 ckpt stride4 / FishNet-150, backbone training peak memory"]
+    stride4_memory = out["FishNet-150 ckpt stride4+tail / FishNet-150, backbone training peak memory"]
     assert stride4_memory["value"] == pytest.approx(0.8) and not stride4_memory["met"]  # <= 0.70
     assert not any("R-50" in label for label in out)  # not measured: no ratio
 
@@ -76,7 +76,8 @@ def test_every_checkpointing_choice_has_a_row():
     from fishnet_d2.modeling.fishnet import CHECKPOINT_CHOICES
 
     rows = {spec.opts[1] for spec in MODEL_SPECS.values() if spec.opts[:1] == ("MODEL.FISHNET.CHECKPOINT",)}
-    assert rows == {True, *CHECKPOINT_CHOICES} - {"none", "all"}
+    assert rows == {True, ("stride4", "tail"), *CHECKPOINT_CHOICES} - {"none", "all"}
+    assert parse_models(["fishnet150-ckpt-stride4-tail"])[0].name == "FishNet-150 ckpt stride4+tail"
     assert MODEL_SPECS["fishnet150-plain"].plain_reference
 
 

@@ -68,10 +68,12 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
         training_only=True,
     ),
 }
-# One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt").
-for _choice in ("stride4", "tail", "body", "head"):
-    MODEL_SPECS[f"fishnet150-ckpt-{_choice}"] = ModelSpec(
-        f"FishNet-150 ckpt {_choice}",
+# One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt"),
+# and the recommended pair ["stride4", "tail"] (README.md, "Performance").
+for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail")):
+    _name = _choice if isinstance(_choice, str) else "+".join(_choice)
+    MODEL_SPECS[f"fishnet150-ckpt-{_name.replace('+', '-')}"] = ModelSpec(
+        f"FishNet-150 ckpt {_name}",
         _fishnet(150).config,
         opts=("MODEL.FISHNET.CHECKPOINT", _choice),
         depth=150,
