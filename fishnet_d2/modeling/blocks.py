@@ -175,12 +175,6 @@ class PreActProjection(nn.Module):
 
 
 class PreActBottleneck(FishNetBlockBase):
-    # Whether norm2 / norm3 are folded into conv1 / conv2 (folds_into_conv): decided from the
-    # norms when the block is built or frozen; constants to TorchScript, which compiles only the
-    # branch taken.
-    fold_norm2: torch.jit.Final[bool]
-    fold_norm3: torch.jit.Final[bool]
-
     """The pre-activation bottleneck residual unit, ``x_{l+1} = x_l + F(x_l)`` (paper, eq. 1):
     FishNet's building block, "the Residual block with identity mapping" (sec. 4.1).
 
@@ -194,6 +188,12 @@ class PreActBottleneck(FishNetBlockBase):
     ResNeXt's and pre-activation ResNet's (fb.resnet.torch) blocks, rather than the first 1x1
     conv, which would skip three quarters of its input.
     """
+
+    # Whether norm2 / norm3 are folded into conv1 / conv2 (folds_into_conv): decided from the
+    # norms when the block is built or frozen; constants to TorchScript, which compiles only the
+    # branch taken.
+    fold_norm2: torch.jit.Final[bool]
+    fold_norm3: torch.jit.Final[bool]
 
     def __init__(
         self,
