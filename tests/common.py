@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from detectron2.config import CfgNode, get_cfg
 
 from fishnet_d2 import FishNetArch, add_fishnet_config
@@ -68,3 +69,13 @@ def run_converter(*args, script: bool = False) -> subprocess.CompletedProcess:
         except SystemExit as e:  # argparse's usage errors
             returncode = e.code
     return subprocess.CompletedProcess([str(CONVERTER), *argv], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_scripted_equals_eager(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """``torch.jit.script(model)`` gives eager mode's features, bit for bit (the same kernels run)."""
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        eager, script = model(x), scripted(x)
+    assert list(eager) == list(script)
+    for name in eager:
+        torch.testing.assert_close(script[name], eager[name], rtol=0, atol=0)

@@ -10,7 +10,7 @@ import fishnet_d2  # noqa: F401  (registers the backbones)
 from fishnet_d2 import FishNet
 from fishnet_d2.modeling.blocks import FusedFrozenBatchNorm2d
 
-from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .common import ALL_FEATURES, TINY_ARCH, assert_scripted_equals_eager, fishnet_cfg, use_tiny_arch
 
 def tiny_fishnet(**kwargs) -> FishNet:
     kwargs.setdefault("out_features", ALL_FEATURES)
@@ -138,13 +138,7 @@ def test_each_norm_builds_and_runs(norm):
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
 def test_scripted_equals_eager(norm):
     model = tiny_fishnet(norm=norm, num_classes=4, out_features=ALL_FEATURES + ["linear"]).eval()
-    scripted = torch.jit.script(model)
-    x = torch.rand(2, 3, 64, 96)
-    with torch.no_grad():
-        eager, script = model(x), scripted(x)
-    assert list(eager) == list(script)
-    for name in eager:
-        torch.testing.assert_close(script[name], eager[name], rtol=0, atol=0)
+    assert_scripted_equals_eager(model, torch.rand(2, 3, 64, 96))
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 65, 64), (1, 3, 64, 100), (1, 3, 16, 32)])

@@ -21,7 +21,7 @@ from fishnet_d2.modeling import InvalidValue, fishnet_arch_from_config, fishnet_
 from fishnet_d2.modeling.blocks import GroupedPreActBottleneck, PreActBottleneck, PreActProjection
 from fishnet_d2.solver import build_optimizer
 
-from .common import ALL_FEATURES, REPO, TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .common import ALL_FEATURES, REPO, TINY_ARCH, assert_scripted_equals_eager, fishnet_cfg, use_tiny_arch
 from .synthetic_inputs import shrink_config, synthetic_batch
 
 FISHNET150 = FISHNET_VARIANTS[150]
@@ -277,13 +277,7 @@ def test_trains_a_step_and_every_parameter_gets_a_gradient(tiny_variant):
 def test_scripted_equals_eager(tiny_variant):
     # FrozenBN's path is the plain FishNet's (test_backbone_contract.py): BN here.
     model = FishNet(tiny_variant, norm="BN", num_classes=4, out_features=OUT_FEATURES).eval()
-    scripted = torch.jit.script(model)
-    x = torch.rand(2, 3, 64, 96)
-    with torch.no_grad():
-        eager, script = model(x), scripted(x)
-    assert list(eager) == list(script)
-    for name in eager:
-        torch.testing.assert_close(script[name], eager[name], rtol=0, atol=0)
+    assert_scripted_equals_eager(model, torch.rand(2, 3, 64, 96))
 
 
 def test_config_describes_the_variant(tiny_variant):
