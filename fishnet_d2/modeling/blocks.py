@@ -46,10 +46,16 @@ class FusedFrozenBatchNorm2d(FrozenBatchNorm2d):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         return scale, self.bias - self.running_mean * scale
 
+    def fold_into(self, conv_weight: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` of the one convolution that computes this norm of a bias-free
+        convolution with ``conv_weight`` (:func:`folds_into_conv`): ``conv_weight * scale`` per
+        output channel (keeping its memory format), and ``shift`` in ``dtype``."""
+        scale, shift = self.scale_shift()
+        return conv_weight * scale.reshape(-1, 1, 1, 1).to(conv_weight.dtype), shift.to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:  # as Detectron2 does, an affine, not F.batch_norm (which keeps x)
-            scale = self.weight * (self.running_var + self.eps).rsqrt()
-            bias = self.bias - self.running_mean * scale
+            scale, bias = self.scale_shift()
             scale = scale.reshape(1, -1, 1, 1).to(x.dtype)
             return torch.addcmul(bias.reshape(1, -1, 1, 1).to(x.dtype), x, scale)
         return F.batch_norm(
@@ -91,11 +97,6 @@ def folds_into_conv(norm: nn.Module) -> bool:
     an affine of the conv's output that the conv could compute.
     """
     return isinstance(norm, FusedFrozenBatchNorm2d)
-
-
-def conv_weight_folded(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``weight * scale`` per output channel (the first dimension); keeps ``weight``'s memory format."""
-    return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype)
 
 
 class FishNetBlockBase(CNNBlockBase):
@@ -243,16 +244,14 @@ class PreActBottleneck(FishNetBlockBase):
         # From here on `out` is a convolution's output (or its norm's), which their backward does
         # not keep: overwriting it in place is safe.
         if self.fold_norm2:
-            scale, shift = self.norm2.scale_shift()
-            weight = conv_weight_folded(self.conv1.weight, scale)
-            out = self.conv1._conv_forward(out, weight, shift.to(out.dtype))
+            weight, bias = self.norm2.fold_into(self.conv1.weight, out.dtype)
+            out = self.conv1._conv_forward(out, weight, bias)
         else:
             out = self.norm2(self.conv1(out))
         out = F.relu_(out)
         if self.fold_norm3:
-            scale, shift = self.norm3.scale_shift()
-            weight = conv_weight_folded(self.conv2.weight, scale)
-            out = self.conv2._conv_forward(out, weight, shift.to(out.dtype))
+            weight, bias = self.norm3.fold_into(self.conv2.weight, out.dtype)
+            out = self.conv2._conv_forward(out, weight, bias)
         else:
             out = self.norm3(self.conv2(out))
         out = self.conv3(F.relu_(out))
@@ -321,8 +320,8 @@ class ConvNormReLU(FishNetBlockBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fold_norm:
-            scale, shift = self.norm.scale_shift()
-            return F.relu_(self.conv._conv_forward(x, conv_weight_folded(self.conv.weight, scale), shift.to(x.dtype)))
+            weight, bias = self.norm.fold_into(self.conv.weight, x.dtype)
+            return F.relu_(self.conv._conv_forward(x, weight, bias))
         return F.relu_(self.norm(self.conv(x)))
 
 
@@ -354,8 +353,8 @@ class ScoreUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.norm1(x))
         if self.fold_norm2:
-            scale, shift = self.norm2.scale_shift()
-            x = self.conv1._conv_forward(x, conv_weight_folded(self.conv1.weight, scale), shift.to(x.dtype))
+            weight, bias = self.norm2.fold_into(self.conv1.weight, x.dtype)
+            x = self.conv1._conv_forward(x, weight, bias)
         else:
             x = self.norm2(self.conv1(x))
         x = F.relu(x)
