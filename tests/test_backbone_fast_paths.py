@@ -402,6 +402,34 @@ def test_compile_fullgraph_equals_eager(norm, activation_checkpointing):
         assert_close_to_scale(compiled.eval()(x), plain.eval()(x))
 
 
+@pytest.mark.slow
+@requires_compile
+def test_compile_backend_compiles_the_backbone_in_place():
+    """MODEL.FISHNET.COMPILE (FishNet's compile_backend): still a FishNet with the same
+    state_dict, whose calls run the compiled graph ("aot_eager" here, for the reason above),
+    computing what the eager twin does, in training and in eval."""
+    torch._dynamo.reset()
+    plain, model = twin_models("FrozenBN", compile_backend="aot_eager")
+    assert isinstance(model, FishNet) and model.state_dict().keys() == plain.state_dict().keys()
+    x = images(2, 3, 64, 96)
+    outputs, grads = train_step(plain.train(), x)
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        compiled_outputs, compiled_grads = train_step(model.train(), x)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before  # Dynamo ran
+    assert_close_to_scale(compiled_outputs, outputs)
+    assert_close_to_scale([flat(compiled_grads)], [flat(grads)])
+    with torch.no_grad():
+        assert_close_to_scale(model.eval()(x), plain.eval()(x))
+
+
+def test_compile_backend_must_be_a_torch_compile_backend():
+    cfg = use_tiny_arch(fishnet_cfg())
+    cfg.MODEL.FISHNET.COMPILE = "no_such_backend"
+    with pytest.raises(ValueError, match=r"MODEL\.FISHNET\.COMPILE='no_such_backend'.*'inductor'"):
+        build_backbone(cfg, ShapeSpec(channels=3))
+
+
 # --- the official model, every fast path on --------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ def test_ratios_are_medians_of_paired_rounds():
         "FishNet-150 plain": result([3.0, 9.0, 4.2]),
         "FishNet-150 ckpt": result([3.0, 9.9, 3.3], memory=250),
         "FishNet-150 ckpt stride4+tail": result([2.2, 9.9, 3.0], memory=400),
+        "FishNet-150 compiled": result([1.6, 7.0, 3.6]),
     }
     out = {r["label"]: r for r in ratios(results)}
     vs_resnet = out["FishNet-150 / R-101, backbone fwd+bwd time"]
@@ -69,6 +70,9 @@ def test_ratios_are_medians_of_paired_rounds():
     assert stride4["value"] == pytest.approx(1.1) and stride4["met"]  # <= 1.10: 1.1, 1.1, 1.0
     stride4_memory = out["FishNet-150 ckpt stride4+tail / FishNet-150, backbone training peak memory"]
     assert stride4_memory["value"] == pytest.approx(0.8) and not stride4_memory["met"]  # <= 0.70
+    compiled = out["FishNet-150 compiled / R-101, backbone fwd+bwd time"]
+    assert compiled["value"] == pytest.approx(0.8) and compiled["met"]  # 0.8, 0.7, 0.9
+    assert out["FishNet-150 compiled / FishNet-150, backbone fwd+bwd time"]["met"] is None
     assert not any("R-50" in label for label in out)  # not measured: no ratio
 
 
@@ -79,6 +83,7 @@ def test_every_checkpointing_choice_has_a_row():
     assert rows == {True, ("stride4", "tail"), *CHECKPOINT_CHOICES} - {"none", "all"}
     assert parse_models(["fishnet150-ckpt-stride4-tail"])[0].name == "FishNet-150 ckpt stride4+tail"
     assert MODEL_SPECS["fishnet150-plain"].plain_reference
+    assert MODEL_SPECS["fishnet150-compile"].opts == ("MODEL.FISHNET.COMPILE", "inductor")
 
 
 def test_plain_reference_loads_fishnets_state_dict():

@@ -159,6 +159,17 @@ def test_export_matches_eager(config_files, tmp_path, architecture, method, form
     assert_close_to_eager(fields, expected)
 
 
+@pytest.mark.slow
+def test_a_compiled_fishnet_config_exports_the_eager_model(config_files, tmp_path):
+    status, out, err = run(
+        "--config-file", config_files["faster_rcnn"], "--export-method", "scripting",
+        "--output", tmp_path / "out", "--opts", "MODEL.FISHNET.COMPILE", "inductor",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "note: exporting the eager FishNet (MODEL.FISHNET.COMPILE 'inductor'" in err
+    assert json.loads((tmp_path / "out" / "export_info.json").read_text())["check"]["passed"]
+
+
 def test_scripting_to_onnx_is_a_usage_error(config_files, tmp_path):
     status, _, err = run(
         "--config-file", config_files["faster_rcnn"], "--export-method", "scripting", "--format", "onnx",

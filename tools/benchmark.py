@@ -3,7 +3,9 @@
 with FrozenBN, in one run on this machine; also FishNet-150's plain eager reference
 (``fishnet150-plain``: the same network and weights without fishnet_d2's fast paths) and its
 activation checkpointing choices (``fishnet150-ckpt``: every stage; ``fishnet150-ckpt-stride4``,
-``-tail``, ``-body``, ``-head``: MODEL.FISHNET.CHECKPOINT's named choices).
+``-tail``, ``-body``, ``-head``: MODEL.FISHNET.CHECKPOINT's named choices), and FishNet-150
+compiled by torch.compile's inductor (``fishnet150-compile``: MODEL.FISHNET.COMPILE; its warm-up
+round spends minutes compiling on a CPU).
 
 Measures parameters, FLOPs (fvcore), backbone forward + backward time, training iteration time,
 inference time per image and peak tensor memory. Times are medians over rounds; within a round
@@ -141,7 +143,7 @@ def static_measures(workloads: Workloads, args) -> dict:
     """Parameters and FLOPs (independent of the machine)."""
     spec, model, backbone = workloads.spec, workloads.model, workloads.backbone
     params = {"backbone": count_parameters(backbone), "model": count_parameters(model)}
-    if spec.training_only:  # the same network as the spec it checkpoints
+    if spec.training_only or spec.compiled:  # the same network as another row
         return {"params": params, "flops": {}}
     device = args.device
     model.eval()

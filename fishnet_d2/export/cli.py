@@ -174,6 +174,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config_file, args.opts)
     except (FileNotFoundError, ValueError, KeyError) as e:
         parser.error(str(e))
+    if cfg.MODEL.FISHNET.COMPILE:
+        # Scripting and tracing read the eager model, which computes what the compiled one does.
+        print(
+            f"note: exporting the eager FishNet (MODEL.FISHNET.COMPILE "
+            f"{cfg.MODEL.FISHNET.COMPILE!r} is for training and inference in Python)",
+            file=sys.stderr,
+        )
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.FISHNET.COMPILE = ""
+        cfg.freeze()
     try:
         d2 = detectron2_export()
     except ExportUnavailableError as e:

@@ -31,6 +31,8 @@ def config_key(name: str) -> str:
         return "input_shape.channels"
     if name == "activation_checkpointing":
         return "MODEL.FISHNET.CHECKPOINT"
+    if name == "compile_backend":
+        return "MODEL.FISHNET.COMPILE"
     if name in ARCH_KEYS:
         return f"MODEL.FISHNET.ARCH.{name.upper()}"
     return f"MODEL.FISHNET.{name.upper()}"
@@ -80,6 +82,7 @@ def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
             freeze_stem_conv1 = fish.FREEZE_STEM_CONV1,
             activation_checkpointing = fish.CHECKPOINT,
             channels_last  = fish.CHANNELS_LAST,
+            compile_backend = fish.COMPILE,
         )  # fmt: skip
     except InvalidValue as e:
         raise ValueError(e.message(config_key)) from None

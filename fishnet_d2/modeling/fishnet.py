@@ -67,6 +67,7 @@ class FishNet(Backbone):
         freeze_stem_conv1: bool = False,
         activation_checkpointing: Checkpointing = False,
         channels_last: bool = True,
+        compile_backend: str = "",
     ):
         """
         Args:
@@ -88,6 +89,10 @@ class FishNet(Backbone):
             channels_last: compute in the channels-last memory format (NHWC), which oneDNN's
                 and cuDNN's convolutions run fastest on. The features keep it (their shapes are
                 the same; what reads them, e.g. an FPN, runs in that format too).
+            compile_backend: "" runs eagerly; a ``torch.compile`` backend ("inductor") compiles
+                the whole FishNet when it first runs, and again for a new mode (training or
+                not) or input size until its sizes are compiled as dynamic. The module keeps
+                its type, attributes and state_dict.
         """
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -210,6 +215,16 @@ class FishNet(Backbone):
             # resolutions, where weights are as large as activations). The values, and so the
             # state_dict, are the same; loading copies into this format.
             self.to(memory_format=torch.channels_last)
+        self.compile_backend = compile_backend
+        if compile_backend != "":
+            allowed = torch.compiler.list_backends(exclude_tags=())
+            if compile_backend not in allowed:
+                raise InvalidValue(
+                    "compile_backend", compile_backend, f"allowed '' (eager) or a torch.compile backend of {allowed}"
+                )
+            # nn.Module.compile: in place, unlike torch.compile(module), which would wrap the
+            # module in one that is not a Backbone.
+            self.compile(backend=compile_backend)
 
     def _checkpoint_choices(self) -> Dict[str, List[str]]:
         """The stages each named choice of ``activation_checkpointing`` recomputes."""

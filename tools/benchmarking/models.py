@@ -39,6 +39,9 @@ class ModelSpec:
     # True: the detector's FishNet replaced by the plain eager reference (reference.py), with
     # the same weights: what fishnet_d2's fast paths are measured against.
     plain_reference: bool = False
+    # The same network as another row, compiled (MODEL.FISHNET.COMPILE): FLOPs not counted again
+    # (fvcore's tracer does not run compiled modules); its warm-up round compiles.
+    compiled: bool = False
 
 
 def _fishnet(depth: int) -> ModelSpec:
@@ -66,6 +69,13 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
         opts=("MODEL.FISHNET.CHECKPOINT", True),
         depth=150,
         training_only=True,
+    ),
+    "fishnet150-compile": ModelSpec(
+        "FishNet-150 compiled",
+        _fishnet(150).config,
+        opts=("MODEL.FISHNET.COMPILE", "inductor"),
+        depth=150,
+        compiled=True,
     ),
 }
 # One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt"),

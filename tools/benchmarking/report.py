@@ -15,6 +15,12 @@ RATIOS = (
     ("FishNet-150 plain", "FishNet-150", "backbone_train", -1.3),
     ("FishNet-150", "R-50", "inference", 1.05),
     ("FishNet-150 plain", "FishNet-150", "inference", None),
+    # MODEL.FISHNET.COMPILE: against Detectron2's R-101 as it ships (eager), and what it gains.
+    ("FishNet-150 compiled", "R-101", "backbone_train", 0.80),
+    ("FishNet-150 compiled", "R-50", "inference", 1.05),
+    ("FishNet-150 compiled", "FishNet-150", "backbone_train", None),
+    ("FishNet-150 compiled", "FishNet-150", "train_iter", None),
+    ("FishNet-150 compiled", "FishNet-150", "inference", None),
     ("FishNet-150 ckpt", "FishNet-150", "backbone_train", 1.4),
     ("FishNet-150 ckpt", "FishNet-150", "memory:backbone_train", 0.6),
     *(
