@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -33,6 +34,8 @@ from .common import REPO
 DEMO_CONFIG = REPO / "configs" / "Demo" / "mask_rcnn_fishnet_tiny_FPN_demo.yaml"
 PREFIX = "fishnet_tests_demo_smoke"
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+# The demo sets torch's threads for the whole process; the tests keep conftest's one thread.
+ONE_THREAD = ["--torch-threads", "1"]
 
 
 def _tiny_opts():
@@ -56,7 +59,8 @@ def demo_run(tmp_path_factory):
     )
     output = tmp / "output"
     args = argument_parser(default_config=str(DEMO_CONFIG)).parse_args(
-        ["--output", str(output), "--num-images", "3", "--score-threshold", "0", *_tiny_opts()]
+        ["--output", str(output), "--num-images", "3", "--score-threshold", "0", *ONE_THREAD,
+         *_tiny_opts()]
     )
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -187,8 +191,15 @@ def test_bad_demo_arguments_raise(tmp_path):
         prepare_datasets(cfg)
 
 
+def test_demo_uses_one_thread_per_cpu_it_may_run_on_by_default():
+    args = argument_parser(str(DEMO_CONFIG)).parse_args([])
+    assert args.torch_threads == len(os.sched_getaffinity(0))
+
+
 def test_demo_config_trains_from_scratch_on_the_demo_datasets(tmp_path):
-    cfg = setup_demo(argument_parser(str(DEMO_CONFIG)).parse_args(["--output", str(tmp_path)]))
+    cfg = setup_demo(
+        argument_parser(str(DEMO_CONFIG)).parse_args(["--output", str(tmp_path), *ONE_THREAD])
+    )
     assert cfg.OUTPUT_DIR == str(tmp_path)
     assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.DEVICE == "cpu"
     fish = cfg.MODEL.FISHNET
@@ -206,7 +217,7 @@ def test_demo_config_trains_from_scratch_on_the_demo_datasets(tmp_path):
 def test_demo_training_is_deterministic(demo_run, tmp_path):
     result, _, _ = demo_run
     args = argument_parser(default_config=str(DEMO_CONFIG)).parse_args(
-        ["--output", str(tmp_path), "--num-images", "1", *_tiny_opts()]
+        ["--output", str(tmp_path), "--num-images", "1", *ONE_THREAD, *_tiny_opts()]
     )
     with contextlib.redirect_stdout(io.StringIO()):
         again = main(args)

@@ -2,6 +2,7 @@
 
 import argparse
 import copy
+import os
 import time
 from typing import Optional
 
@@ -14,9 +15,19 @@ from detectron2.utils.logger import setup_logger
 from ..engine import setup
 from .pipeline import DemoResult, ap_table, run_demo
 
-__all__ = ["argument_parser", "setup_demo", "main"]
+__all__ = ["argument_parser", "default_torch_threads", "setup_demo", "main"]
 
 DEFAULT_OUTPUT = "output/demo"
+
+
+def default_torch_threads() -> int:
+    """One intra-op thread per CPU this process may run on (its affinity mask, which container
+    limits set; torch's own default counts the machine's cores). Measured on 2 quiet cores, one
+    training step of the demo (8 images) takes 0.48 s with one thread and 0.38 s with two."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def argument_parser(default_config: str = "") -> argparse.ArgumentParser:
@@ -43,10 +54,10 @@ def argument_parser(default_config: str = "") -> argparse.ArgumentParser:
     parser.add_argument(
         "--torch-threads",
         type=int,
-        default=1,
-        help="intra-op threads of each process (default 1: the demo model's operations are too "
-        "small to gain from more, threads that compete for busy cores slow training down "
-        "severalfold, and the data loader worker uses another core)",
+        default=default_torch_threads(),
+        help="intra-op threads (default: one per CPU this process may use). On a machine busy "
+        "with other jobs, 1 is faster: threads that wait for busy cores slow training down "
+        "severalfold",
     )
     return parser
 
