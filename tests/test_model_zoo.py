@@ -2,6 +2,7 @@
 install, as detectron2.model_zoo; the tools accept such a name where they accept a path."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -56,11 +57,20 @@ def test_non_editable_install_carries_the_configs(tmp_path):
     """``pip install .`` (not editable) into a fresh directory: the installed fishnet_d2, not this
     checkout, finds and merges the configs."""
     target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
-        check=True,
+    # From a copy of what setup.py reads: pip builds in the source tree (build/, egg-info), which
+    # two runs at once (both detectron2 flavours) would share, and a test leaves a checkout alone.
+    source = tmp_path / "source"
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "configs")  # the link, made anew
+    shutil.copytree(REPO / "fishnet_d2", source / "fishnet_d2", ignore=junk)
+    shutil.copytree(REPO / "configs", source / "configs")
+    for name in ("setup.py", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, source / name)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
         capture_output=True,
+        text=True,
     )
+    assert pip.returncode == 0, pip.stderr
     script = textwrap.dedent(
         f"""
         import os, fishnet_d2
