@@ -71,10 +71,11 @@ def add_fishnet_config(cfg: CN) -> None:
     # the FPN and heads on them run in it too. False: the input's format (NCHW).
     _C.MODEL.FISHNET.CHANNELS_LAST = True
     # Compile the FishNet with torch.compile and this backend ("inductor"); "" runs it eagerly.
-    # The same math, fused: FishNet-150's forward + backward 1.26x faster on a 2-core Xeon
-    # (README.md, "Performance"), after compiling for minutes on the first iteration, and again
-    # for each new mode (training, inference) and the first change of input size. Exporting
-    # (tools/export_model.py) runs the eager model.
+    # The same math. Measured on a 2-core Xeon (README.md, "Performance"): FishNet-150 Mask R-CNN
+    # inference 0.86x the eager time, but training slower (backbone step 1.55x, iteration 1.14x,
+    # once its sizes were compiled as dynamic); the first calls compile for minutes, again for
+    # each new mode and the first change of input size. Exporting (tools/export_model.py) runs
+    # the eager model.
     _C.MODEL.FISHNET.COMPILE = ""
 
     # A custom architecture, used when DEPTH is 0; every list has one entry per stage of its part

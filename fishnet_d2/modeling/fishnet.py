@@ -92,7 +92,8 @@ class FishNet(Backbone):
             compile_backend: "" runs eagerly; a ``torch.compile`` backend ("inductor") compiles
                 the whole FishNet when it first runs, and again for a new mode (training or
                 not) or input size until its sizes are compiled as dynamic. The module keeps
-                its type, attributes and state_dict.
+                its type, attributes and state_dict. On CPU it speeds up inference and slows
+                training down (README.md, "Performance").
         """
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
