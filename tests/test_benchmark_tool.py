@@ -14,7 +14,7 @@ from .common import REPO
 sys.path.insert(0, str(REPO / "tools"))
 from benchmark import instruction_sets, parse_args  # noqa: E402
 from benchmarking.measure import count_flops, peak_memory  # noqa: E402
-from benchmarking.models import MODEL_SPECS, parse_models  # noqa: E402
+from benchmarking.models import MODEL_SPECS, calibrate_detections, inference_input, parse_models  # noqa: E402
 from benchmarking.reference import PlainFishNet  # noqa: E402
 from benchmarking.report import markdown, ratios  # noqa: E402
 
@@ -125,8 +125,9 @@ def test_markdown_table_has_every_model_and_ratio():
             name: {
                 "params": {"backbone": 1e6, "model": 2e6},
                 "flops": {"backbone_size": 1e9},
-                "summary": {"backbone_train": {"median": 1.5}},
+                "summary": {"backbone_train": {"median": 1.5}, "inference": {"median": 0.25}},
                 "memory": {"backbone_train": 2**20},
+                "detections": 100,
             }
             for name in ("FishNet-150", "R-101")
         },
@@ -136,7 +137,44 @@ def test_markdown_table_has_every_model_and_ratio():
     report["ratios"].append({"label": "A / B, y", "value": 1.5, "target": -1.3, "met": True})
     report["ratios"].append({"label": "A / C, z", "value": 0.5, "target": None, "met": None})
     text = markdown(report)
-    assert "| FishNet-150 | 1.50 | 1500.00 |" in text and "| R-101 |" in text
+    assert "| FishNet-150 | 1.50 | 1500.00 | - | 0.25 | 100 | 1 |" in text and "| R-101 |" in text
     assert "| FishNet-150 / R-101, x | 0.900 | <= 1.0 (met) |" in text
     assert "| A / B, y | 1.500 | >= 1.3 (met) |" in text and "| A / C, z | 0.500 | - |" in text
     assert text.startswith("Device: CPU (AVX-512, AVX2); 2 threads")
+
+
+@pytest.fixture(scope="module")
+def random_tiny_detector():
+    """A tiny FishNet Mask R-CNN with random weights, as the benchmark builds its detectors."""
+    from detectron2.modeling import build_model
+
+    from .common import fishnet_cfg, use_tiny_arch
+
+    cfg = fishnet_cfg()
+    cfg.merge_from_file(str(REPO / "configs/Base-RCNN-FishNet-FPN.yaml"))
+    use_tiny_arch(cfg)
+    cfg.MODEL.MASK_ON = True
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("cap", [20, 400])
+def test_every_model_runs_its_mask_head_on_the_detection_cap(random_tiny_detector, cap, monkeypatch):
+    """The inference times compare models on the same mask-head work: calibrated, a random
+    detector returns exactly TEST.DETECTIONS_PER_IMAGE detections (R-50 and FishNet-150 had
+    32 and 100 when the threshold let a fixed 300 class scores through NMS; 400 needs more)."""
+    model = random_tiny_detector
+    monkeypatch.setattr(model.roi_heads.box_predictor, "test_topk_per_image", cap)
+    inputs = inference_input(128, 160, seed=3, device="cpu")
+    assert calibrate_detections(model, inputs) == cap
+    with torch.no_grad():
+        assert len(model(inputs)[0]["instances"]) == cap
+
+
+def test_too_many_detections_wanted_is_an_error(random_tiny_detector, monkeypatch):
+    model = random_tiny_detector
+    # 5 proposals of 80 classes: at most 400 detections, fewer than the 500 asked for.
+    monkeypatch.setitem(model.proposal_generator.post_nms_topk, False, 5)
+    monkeypatch.setattr(model.roi_heads.box_predictor, "test_topk_per_image", 500)
+    with pytest.raises(RuntimeError, match="fewer than the 500 .*DETECTIONS_PER_IMAGE"):
+        calibrate_detections(model, inference_input(64, 64, seed=3, device="cpu"))

@@ -99,9 +99,9 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"| model | backbone fwd+bwd, {args['batch']}x{size} (s) | ms per backbone GFLOP "
-        f"| train iter, {args['batch']}x{det} (s) | inference @{det} (s/image) "
+        f"| train iter, {args['batch']}x{det} (s) | inference @{det} (s/image) | detections "
         "| peak mem backbone train (MB) | peak mem train iter (MB) | peak mem inference (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         t, m = r["summary"], r["memory"]
@@ -111,7 +111,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {_fmt(backbone)} | {_fmt(per_gflop)} "
             f"| {_fmt(t.get('train_iter', {}).get('median'))} "
-            f"| {_fmt(t.get('inference', {}).get('median'))} "
+            f"| {_fmt(t.get('inference', {}).get('median'))} | {_fmt(r.get('detections'), digits=0)} "
             f"| {_fmt(m.get('backbone_train'), 2**20, 0)} | {_fmt(m.get('train_iter'), 2**20, 0)} "
             f"| {_fmt(m.get('inference'), 2**20, 0)} |"
         )
