@@ -12,7 +12,7 @@ from torch import nn
 from .common import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-from benchmark import instruction_sets, parse_args  # noqa: E402
+from benchmark import cpu_ticks, instruction_sets, parse_args, stolen_fraction  # noqa: E402
 from benchmarking.measure import count_flops, peak_memory  # noqa: E402
 from benchmarking.models import MODEL_SPECS, calibrate_detections, inference_input, parse_models  # noqa: E402
 from benchmarking.reference import PlainFishNet  # noqa: E402
@@ -104,6 +104,16 @@ def test_instruction_sets_from_cpuinfo_flags():
     assert instruction_sets("flags\t\t: fpu sse4_2\n") == "no AVX2"
 
 
+def test_stolen_cpu_time_from_proc_stat():
+    before = cpu_ticks("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 50 0 25 400 5 0 2 18 3 0\n")
+    assert before == (35, 1000)  # steal; user..steal (guest is inside user)
+    after = (35 + 30, 1000 + 200)
+    assert stolen_fraction(before, after) == pytest.approx(0.15)
+    assert stolen_fraction(None, after) is None and stolen_fraction(after, after) is None
+    with pytest.raises(ValueError, match="expected 'cpu user nice"):
+        cpu_ticks("intr 1 2 3\n")
+
+
 def test_bad_arguments_name_what_is_allowed():
     with pytest.raises(ValueError, match="allowed: .*fishnet150"):
         parse_models(["fishnet151"])
@@ -134,6 +144,7 @@ def test_markdown_table_has_every_model_and_ratio():
         "ratios": [{"label": "FishNet-150 / R-101, x", "value": 0.9, "target": 1.0, "met": True}],
     }
     report["environment"]["isa"] = "AVX-512, AVX2"
+    report["environment"]["stolen"] = 0.123
     report["ratios"].append({"label": "A / B, y", "value": 1.5, "target": -1.3, "met": True})
     report["ratios"].append({"label": "A / C, z", "value": 0.5, "target": None, "met": None})
     text = markdown(report)
@@ -141,6 +152,7 @@ def test_markdown_table_has_every_model_and_ratio():
     assert "| FishNet-150 / R-101, x | 0.900 | <= 1.0 (met) |" in text
     assert "| A / B, y | 1.500 | >= 1.3 (met) |" in text and "| A / C, z | 0.500 | - |" in text
     assert text.startswith("Device: CPU (AVX-512, AVX2); 2 threads")
+    assert "during the rounds, 12.3% of CPU time stolen; medians" in text
 
 
 @pytest.fixture(scope="module")

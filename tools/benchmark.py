@@ -28,7 +28,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import detectron2
 import fvcore
@@ -108,6 +108,30 @@ def instruction_sets(cpuinfo: str) -> str:
     return ", ".join(found) if found else ("no AVX2" if flags else "")
 
 
+def cpu_ticks(stat: str) -> Tuple[int, int]:
+    """``(stolen, total)`` clock ticks of all CPUs from /proc/stat's first line: the time a
+    hypervisor ran something else on this virtual machine's CPUs, which slows every model's
+    rounds unevenly, and the time in all."""
+    fields = stat.splitlines()[0].split()
+    if fields[0] != "cpu" or len(fields) < 9:
+        raise ValueError(f"/proc/stat: expected 'cpu user nice system idle iowait irq softirq steal ...', got {fields[:9]}")
+    ticks = [int(f) for f in fields[1:]]
+    # guest and guest_nice (fields 9, 10) are already counted in user and nice.
+    return ticks[7], sum(ticks[:8])
+
+
+def stolen_fraction(before: Optional[Tuple[int, int]], after: Optional[Tuple[int, int]]) -> Optional[float]:
+    """The share of CPU time stolen between two :func:`cpu_ticks` readings (None without them)."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def read_cpu_ticks() -> Optional[Tuple[int, int]]:
+    stat = Path("/proc/stat")
+    return cpu_ticks(stat.read_text()) if stat.exists() else None
+
+
 def environment(device: str) -> Dict[str, object]:
     isa = ""
     if device.startswith("cuda"):
@@ -179,7 +203,10 @@ def run(args) -> dict:
 
     times = {w.spec.name: {kind: [] for kind in w.steps} for w in workloads}
     loads = []
+    ticks = None
     for round_ in range(args.warmup + args.reps):
+        if round_ == args.warmup:
+            ticks = read_cpu_ticks()
         warm = round_ < args.warmup
         loads.append(os.getloadavg()[0])
         order = workloads if round_ % 2 == 0 else workloads[::-1]
@@ -194,6 +221,7 @@ def run(args) -> dict:
         label = "warm-up" if warm else f"{round_ - args.warmup + 1}/{args.reps}"
         print(f"Round {label} done (load average {loads[-1]:.2f})", flush=True)
     loads.append(os.getloadavg()[0])
+    stolen = stolen_fraction(ticks, read_cpu_ticks())
 
     for w in workloads:
         memory = {}
@@ -206,7 +234,7 @@ def run(args) -> dict:
         r["summary"] = {kind: summarize(t) for kind, t in times[w.spec.name].items()}
 
     env = environment(args.device)
-    env.update(load_min=min(loads), load_max=max(loads), loads=loads)
+    env.update(load_min=min(loads), load_max=max(loads), loads=loads, stolen=stolen)
     report = {"environment": env, "args": vars(args), "results": results}
     report["ratios"] = ratios(results)
     return report

@@ -79,10 +79,12 @@ def markdown(report: dict) -> str:
     size = "x".join(map(str, args["size"]))
     det = "x".join(map(str, args["det_size"]))
     isa = f" ({env['isa']})" if env.get("isa") else ""
+    # The share of the timed rounds' CPU time the hypervisor gave to other machines (Linux).
+    stolen = "" if env.get("stolen") is None else f", {100 * env['stolen']:.1f}% of CPU time stolen"
     lines = [
         f"Device: {env['device']}{isa}; {env['threads']} threads; torch {env['torch']}, "
         f"detectron2 {env['detectron2']}; load average {env['load_min']:.2f}-{env['load_max']:.2f} "
-        f"during the rounds; medians of {args['reps']} rounds after {args['warmup']} warm-up, "
+        f"during the rounds{stolen}; medians of {args['reps']} rounds after {args['warmup']} warm-up, "
         "models alternating within each round.",
         "",
         f"| model | params backbone (M) | params model (M) | GFLOPs ImageNet model @224 "
