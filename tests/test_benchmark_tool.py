@@ -16,7 +16,7 @@ from benchmark import cpu_ticks, instruction_sets, parse_args, stolen_fraction  
 from benchmarking.measure import count_flops, peak_memory  # noqa: E402
 from benchmarking.models import MODEL_SPECS, calibrate_detections, inference_input, parse_models  # noqa: E402
 from benchmarking.reference import PlainFishNet  # noqa: E402
-from benchmarking.report import markdown, ratios  # noqa: E402
+from benchmarking.report import LIGHT_CHECKPOINT, markdown, ratios  # noqa: E402
 
 
 def test_peak_memory_on_cpu_is_the_most_allocated_at_once():
@@ -53,7 +53,8 @@ def test_ratios_are_medians_of_paired_rounds():
         "R-101": result([2.0, 10.0, 4.0]),
         "FishNet-150 plain": result([3.0, 9.0, 4.2]),
         "FishNet-150 ckpt": result([3.0, 9.9, 3.3], memory=250),
-        "FishNet-150 ckpt stride4+tail": result([2.2, 9.9, 3.0], memory=400),
+        "FishNet-150 ckpt stem+tail+bridge+body4+body3": result([2.2, 9.9, 3.0], memory=400),
+        "FishNet-150 ckpt stride4+tail": result([2.4, 9.9, 3.3], memory=300),
         "FishNet-150 compiled": result([1.6, 7.0, 3.6]),
     }
     out = {r["label"]: r for r in ratios(results)}
@@ -66,10 +67,12 @@ def test_ratios_are_medians_of_paired_rounds():
     assert ckpt_time["value"] == pytest.approx(1.1) and ckpt_time["met"]
     ckpt_memory = out["FishNet-150 ckpt / FishNet-150, backbone training peak memory"]
     assert ckpt_memory["value"] == pytest.approx(0.5) and ckpt_memory["met"]
+    light = out[f"FishNet-150 ckpt {LIGHT_CHECKPOINT} / FishNet-150, backbone fwd+bwd time"]
+    assert light["value"] == pytest.approx(1.1) and light["met"]  # <= 1.10: 1.1, 1.1, 1.0
+    light_memory = out[f"FishNet-150 ckpt {LIGHT_CHECKPOINT} / FishNet-150, backbone training peak memory"]
+    assert light_memory["value"] == pytest.approx(0.8) and not light_memory["met"]  # <= 0.70
     stride4 = out["FishNet-150 ckpt stride4+tail / FishNet-150, backbone fwd+bwd time"]
-    assert stride4["value"] == pytest.approx(1.1) and stride4["met"]  # <= 1.10: 1.1, 1.1, 1.0
-    stride4_memory = out["FishNet-150 ckpt stride4+tail / FishNet-150, backbone training peak memory"]
-    assert stride4_memory["value"] == pytest.approx(0.8) and not stride4_memory["met"]  # <= 0.70
+    assert stride4["value"] == pytest.approx(1.1) and stride4["met"] is None  # 1.2, 1.1, 1.1: no target
     compiled = out["FishNet-150 compiled / R-101, backbone fwd+bwd time"]
     assert compiled["value"] == pytest.approx(0.8) and compiled["met"]  # 0.8, 0.7, 0.9
     assert out["FishNet-150 compiled / FishNet-150, backbone fwd+bwd time"]["met"] is None
@@ -80,7 +83,9 @@ def test_every_checkpointing_choice_has_a_row():
     from fishnet_d2.modeling.fishnet import CHECKPOINT_CHOICES
 
     rows = {spec.opts[1] for spec in MODEL_SPECS.values() if spec.opts[:1] == ("MODEL.FISHNET.CHECKPOINT",)}
-    assert rows == {True, ("stride4", "tail"), *CHECKPOINT_CHOICES} - {"none", "all"}
+    light = ("stem", "tail", "bridge", "body4", "body3")
+    assert rows == {True, ("stride4", "tail"), light, *CHECKPOINT_CHOICES} - {"none", "all"}
+    assert parse_models(["fishnet150-ckpt-stem-tail-bridge-body4-body3"])[0].name == f"FishNet-150 ckpt {LIGHT_CHECKPOINT}"
     assert parse_models(["fishnet150-ckpt-stride4-tail"])[0].name == "FishNet-150 ckpt stride4+tail"
     assert MODEL_SPECS["fishnet150-plain"].plain_reference
     assert MODEL_SPECS["fishnet150-compile"].opts == ("MODEL.FISHNET.COMPILE", "inductor")
@@ -121,6 +126,9 @@ def test_bad_arguments_name_what_is_allowed():
         parse_args(["--size", "500", "640"])
     with pytest.raises(ValueError, match="--device gpu: allowed"):
         parse_args(["--device", "gpu"])
+    with pytest.raises(ValueError, match="--kinds .*unknown \\['training'\\]; allowed: .*backbone_train"):
+        parse_args(["--kinds", "backbone_train", "training"])
+    assert parse_args(["--kinds", "inference"]).kinds == ["inference"]
     quick = parse_args(["--quick"])
     assert quick.reps == 1 and tuple(quick.size) == (128, 160)
     assert parse_args(["--quick", "--reps", "3"]).reps == 3

@@ -67,6 +67,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="config options for every model, e.g. MODEL.BACKBONE.FREEZE_AT 0 "
                    "(ResNets) MODEL.FISHNET.FREEZE_AT 2 (FishNets)")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), metavar="KIND",
+                   help=f"what to time and measure, of {list(KINDS)} (default: all)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory measurements")
     p.add_argument("--output", default="output/benchmark", help="directory for the results")
     p.add_argument("--quick", action="store_true",
@@ -76,6 +78,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         for key, value in QUICK.items():
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, value)
+    unknown = [k for k in args.kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"--kinds {args.kinds}: unknown {unknown}; allowed: {list(KINDS)}")
     if len(args.opts) % 2:
         raise ValueError(f"--opts {args.opts}: allowed KEY VALUE pairs")
     if args.reps < 1 or args.warmup < 0 or args.batch < 1 or args.instances < 1:

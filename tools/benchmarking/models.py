@@ -79,8 +79,9 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
     ),
 }
 # One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt"),
-# and the recommended pair ["stride4", "tail"] (README.md, "Performance").
-for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail")):
+# the pair ["stride4", "tail"] (the least memory for less than "all"'s time) and the stages that
+# cost the least time per MB saved (README.md, "Performance").
+for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail"), ("stem", "tail", "bridge", "body4", "body3")):
     _name = _choice if isinstance(_choice, str) else "+".join(_choice)
     MODEL_SPECS[f"fishnet150-ckpt-{_name.replace('+', '-')}"] = ModelSpec(
         f"FishNet-150 ckpt {_name}",

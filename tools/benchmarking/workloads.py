@@ -33,15 +33,17 @@ class Workloads:
         trainable = [p for p in model.parameters() if p.requires_grad]
         # lr 0: the iteration does all of SGD's work, and every repetition sees the same model.
         self.optimizer = torch.optim.SGD(trainable, lr=0.0, momentum=0.9, weight_decay=1e-4)
-        self.detections = None if spec.training_only else calibrate_detections(
-            model.eval(), self.inference_input
-        )
-        self.steps: Dict[str, Callable[[], None]] = {
+        steps: Dict[str, Callable[[], None]] = {
             "backbone_train": self.backbone_train,
             "train_iter": self.train_iter,
         }
         if not spec.training_only:
-            self.steps["inference"] = self.inference
+            steps["inference"] = self.inference
+        # What the run measures (its --kinds): the steps it times, in KINDS' order.
+        self.steps = {kind: steps[kind] for kind in KINDS if kind in steps and kind in args.kinds}
+        self.detections = None if "inference" not in self.steps else calibrate_detections(
+            model.eval(), self.inference_input
+        )
 
     def prepare(self, kind: str) -> None:
         """Untimed: the mode a step runs in, no gradients left over, the same random draws."""
