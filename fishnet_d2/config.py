@@ -60,10 +60,11 @@ def add_fishnet_config(cfg: CN) -> None:
     # Activation checkpointing: the stages that recompute their activations in the backward pass
     # instead of keeping them; saves training memory for extra compute (off in the paper).
     # None, False or "none": no stage. True or "all": every stage. "stride4": the stem, the last
-    # body stage and the first head stage, which compute at stride 4 (README.md, "Performance":
-    # the most memory for the least time). "tail", "body", "head": that part's stages. Or a
+    # body stage and the first head stage, which compute at stride 4 (27% of the memory).
+    # "tail", "body", "head": that part's stages. Or a
     # stage name ("stem", "tail3", "bridge", "body2", "head3", ...), or a list of names/choices.
-    # ["stride4", "tail"]: about half the backbone's training memory for <10% more time.
+    # ["stem", "tail", "bridge", "body4", "body3"]: 32% less training memory for 7% more time;
+    # ["stride4", "tail"]: 46% less for 6-13% more (README.md, "Performance").
     # None (not False) by default so that a YAML file or merge_from_list may set any of these.
     _C.MODEL.FISHNET.CHECKPOINT = None
     # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
