@@ -18,7 +18,7 @@ from fishnet_d2 import FISHNET_VARIANTS, FishNet, add_fishnet_config
 
 from .reference import PlainFishNet
 
-__all__ = ["ModelSpec", "MODEL_SPECS", "parse_models", "build_detector", "imagenet_classifier"]
+__all__ = ["ModelSpec", "MODEL_SPECS", "LIGHT_CHECKPOINT", "parse_models", "build_detector", "imagenet_classifier"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,10 +78,12 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
         compiled=True,
     ),
 }
+# The MODEL.FISHNET.CHECKPOINT for a larger batch at little cost: the stages whose recomputation
+# costs the least time per MB of memory it saves (README.md, "Performance", measures each stage).
+LIGHT_CHECKPOINT = ("stem", "tail", "bridge", "body4", "body3")
 # One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt"),
-# the pair ["stride4", "tail"] (the least memory for less than "all"'s time) and the stages that
-# cost the least time per MB saved (README.md, "Performance").
-for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail"), ("stem", "tail", "bridge", "body4", "body3")):
+# the pair ["stride4", "tail"] (the least memory for less than "all"'s time) and LIGHT_CHECKPOINT.
+for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail"), LIGHT_CHECKPOINT):
     _name = _choice if isinstance(_choice, str) else "+".join(_choice)
     MODEL_SPECS[f"fishnet150-ckpt-{_name.replace('+', '-')}"] = ModelSpec(
         f"FishNet-150 ckpt {_name}",

@@ -3,15 +3,17 @@
 import statistics
 from typing import Dict, List, Optional
 
+from .models import LIGHT_CHECKPOINT
+
 __all__ = ["RATIOS", "summarize", "ratios", "markdown", "plot"]
 
 # (numerator, denominator, measure, target): the issue's targets, each "numerator / denominator
 # <= target": FishNet against Detectron2's ResNets, the plain eager reference (reference.py)
 # against FishNet (its fast paths: >= 1.3x faster is plain / FishNet >= 1.3), and activation
-# checkpointing against none ("all": every stage; ["stem", "tail", "bridge", "body4", "body3"]: the
-# choice for >= 30% less memory for <= 10% more time; the other choices without a target). A target below 0 means "numerator / denominator >= -target".
-# The stages that cost the least time per MB of memory they save (README.md, "Performance").
-LIGHT_CHECKPOINT = "stem+tail+bridge+body4+body3"
+# checkpointing against none ("all": every stage; LIGHT_CHECKPOINT: the choice for >= 30% less
+# memory for <= 10% more time; the other choices without a target). A target below 0 means
+# "numerator / denominator >= -target".
+LIGHT = "+".join(LIGHT_CHECKPOINT)  # its row's name
 RATIOS = (
     ("FishNet-150", "R-101", "backbone_train", 0.80),
     ("FishNet-150 plain", "FishNet-150", "backbone_train", -1.3),
@@ -27,10 +29,10 @@ RATIOS = (
     ("FishNet-150 ckpt", "FishNet-150", "memory:backbone_train", 0.6),
     *(
         row
-        for choice in (LIGHT_CHECKPOINT, "stride4+tail", "stride4", "tail", "body", "head")
+        for choice in (LIGHT, "stride4+tail", "stride4", "tail", "body", "head")
         for row in (
-            (f"FishNet-150 ckpt {choice}", "FishNet-150", "backbone_train", 1.10 if choice == LIGHT_CHECKPOINT else None),
-            (f"FishNet-150 ckpt {choice}", "FishNet-150", "memory:backbone_train", 0.70 if choice == LIGHT_CHECKPOINT else None),
+            (f"FishNet-150 ckpt {choice}", "FishNet-150", "backbone_train", 1.10 if choice == LIGHT else None),
+            (f"FishNet-150 ckpt {choice}", "FishNet-150", "memory:backbone_train", 0.70 if choice == LIGHT else None),
         )
     ),
 )
