@@ -73,7 +73,7 @@ def add_fishnet_config(cfg: CN) -> None:
     _C.MODEL.FISHNET.CHANNELS_LAST = True
     # Compile the FishNet with torch.compile and this backend ("inductor"); "" runs it eagerly.
     # The same math. Measured on a 2-core Xeon (README.md, "Performance"): FishNet-150 Mask R-CNN
-    # inference 0.86x the eager time, but training slower (backbone step 1.55x, iteration 1.14x,
+    # inference 0.86x and 0.98x the eager time in two runs, but training slower (backbone step 1.55x, iteration 1.14x,
     # once its sizes were compiled as dynamic); the first calls compile for minutes, again for
     # each new mode and the first change of input size. Exporting (tools/export_model.py) runs
     # the eager model.
