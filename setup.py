@@ -34,6 +34,6 @@ setup(
     python_requires=">=3.10",
     install_requires=["fvcore", "iopath", "numpy", "pycocotools", "matplotlib"],
     extras_require={"test": ["pytest", "hypothesis", "onnx", "pytorchcv"]},
-    entry_points={"console_scripts": ["fishnet-d2-convert=fishnet_d2.convert:main"]},
+    entry_points={"console_scripts": ["fishnet-d2-convert=fishnet_d2.weights.convert:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],
 )

@@ -5,7 +5,7 @@ Importing this package registers ``build_fishnet_backbone``, ``build_fishnet_fpn
 ``add_fishnet_config(cfg)`` before merging a FishNet config file.
 """
 
-from .checkpoint import FishNetCheckpointer
+from .weights.checkpointer import FishNetCheckpointer
 from .config import add_fishnet_config
 from .modeling import (
     FISHNET_VARIANTS,

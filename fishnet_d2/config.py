@@ -1,14 +1,8 @@
-"""Config keys added by fishnet_d2 (``add_fishnet_config(cfg)``), and the tools' config from a file
-name and overrides (``load_config``)."""
+"""Config keys added by fishnet_d2: ``add_fishnet_config(cfg)``."""
 
-import argparse
-from typing import Optional, Sequence
-
-import torch
 from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
 
-__all__ = ["add_fishnet_config", "add_config_arguments", "load_config"]
+__all__ = ["add_fishnet_config"]
 
 
 def add_fishnet_config(cfg: CN) -> None:
@@ -108,65 +102,3 @@ def add_fishnet_config(cfg: CN) -> None:
     # torch.nn.utils.clip_grad_norm_(model.parameters()) does (the paper's clipping).
     # Clip only while the iteration is below UNTIL_ITER; 0 clips for the whole run.
     _C.SOLVER.CLIP_GRADIENTS.UNTIL_ITER = 0
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config-file`` (a path or a fishnet_d2 config name) and ``--opts KEY VALUE ...``, as
-    Detectron2's demo and export tools take them: what :func:`load_config` reads."""
-    parser.add_argument(
-        "--config-file",
-        required=True,
-        metavar="FILE",
-        help="a config file, or the name of a fishnet_d2 config (fishnet_d2.model_zoo.list_configs())",
-    )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
-    )
-
-
-def load_config(
-    config_file: str, opts: Sequence[str] = (), *, confidence_threshold: Optional[float] = None
-) -> CN:
-    """The frozen config of ``config_file`` with fishnet_d2's keys and the ``KEY VALUE`` overrides
-    ``opts``.
-
-    Args:
-        config_file: a YAML file, or the name of a fishnet_d2 config (``fishnet_d2.model_zoo``).
-        opts: ``KEY VALUE`` pairs, as Detectron2's ``--opts``.
-        confidence_threshold: when given, the score threshold of every head (RetinaNet's, the ROI
-            heads', Panoptic FPN's instances), set after ``opts`` as Detectron2's demo does.
-
-    Raises:
-        FileNotFoundError: ``config_file`` is neither a file nor a fishnet_d2 config name.
-        ValueError: an odd number of ``opts``, a threshold outside [0, 1], or ``MODEL.DEVICE``
-            CUDA on a machine without one.
-    """
-    if len(opts) % 2:
-        raise ValueError(f"--opts takes KEY VALUE pairs; got an odd number of items: {list(opts)}")
-    cfg = get_cfg()
-    add_fishnet_config(cfg)
-    from .model_zoo import resolve_config_file  # model_zoo imports this module
-
-    cfg.merge_from_file(resolve_config_file(config_file))
-    cfg.merge_from_list(list(opts))
-    if confidence_threshold is not None:
-        if not 0.0 <= confidence_threshold <= 1.0:
-            raise ValueError(f"--confidence-threshold={confidence_threshold}: must be in [0, 1]")
-        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
-    try:
-        device = torch.device(cfg.MODEL.DEVICE)
-    except RuntimeError as e:
-        raise ValueError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} is not a device: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}, but this machine has no CUDA device; allowed here: "
-            "'cpu' (add the override `MODEL.DEVICE cpu`)"
-        )
-    cfg.freeze()
-    return cfg

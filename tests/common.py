@@ -11,7 +11,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from fishnet_d2 import FishNetArch, add_fishnet_config
-from fishnet_d2.convert import main as convert_main
+from fishnet_d2.weights.convert import main as convert_main
 from fishnet_d2.modeling import fishnet_arch_to_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -438,7 +438,7 @@ def test_golden_outputs_with_every_fast_path(training):
     relative error < 1e-4), with FrozenBN, so that its norms after a conv are folded, in
     channels-last, and in training with grad (the training-mode FrozenBN and checkpointing of
     every stage) as well as in eval."""
-    from fishnet_d2.official import infer_arch, official_layout
+    from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
     from .common import REFERENCE
     from .test_backbone_golden import STAGE_NAMES, TOLERANCE, relative_error

@@ -15,7 +15,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from fishnet_d2.modeling import FishNet
-from fishnet_d2.official import infer_arch, official_layout
+from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
 from .common import REFERENCE, run_converter
 

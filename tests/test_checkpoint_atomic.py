@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from fishnet_d2.checkpoint import CheckpointLoadError, FishNetCheckpointer
+from fishnet_d2.weights.checkpointer import CheckpointLoadError, FishNetCheckpointer
 
 from .common import REPO
 
@@ -107,7 +107,7 @@ KILLED_SAVE = textwrap.dedent(
     import io, os, signal, sys
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
-    from fishnet_d2.checkpoint import FishNetCheckpointer
+    from fishnet_d2.weights.checkpointer import FishNetCheckpointer
 
     kind, directory = sys.argv[1:]
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ import torch
 import torchvision
 from detectron2.modeling import build_backbone, build_model
 
-from fishnet_d2.checkpoint import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
-from fishnet_d2.convert import save_d2_checkpoint
+from fishnet_d2.weights.checkpointer import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
+from fishnet_d2.weights.convert import save_d2_checkpoint
 
 from .tiny_detection import tiny_mask_rcnn_cfg
 

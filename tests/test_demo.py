@@ -14,9 +14,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from PIL import Image
 
-import fishnet_d2.data  # noqa: F401  (registers the demo datasets, as tools/demo.py does)
-from fishnet_d2.data import SyntheticShapesSpec, register_synthetic_shapes
-from fishnet_d2.demo import (
+import fishnet_d2.apps.data  # noqa: F401  (registers the demo datasets, as tools/demo.py does)
+from fishnet_d2.apps.data import SyntheticShapesSpec, register_synthetic_shapes
+from fishnet_d2.apps.demo import (
     argument_parser,
     main,
     prediction_panels,

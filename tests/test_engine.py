@@ -13,7 +13,7 @@ from detectron2.engine import default_argument_parser
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.structures import Instances
 
-from fishnet_d2.data import register_synthetic_shapes
+from fishnet_d2.apps.data import register_synthetic_shapes
 from fishnet_d2.engine import Trainer, launch, main, setup
 from fishnet_d2.evaluation import build_evaluator, build_evaluators
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from fishnet_d2 import FishNet
 from fishnet_d2.backports import detectron2_export_modules
-from fishnet_d2.data import DEMO_SPEC, render_split
+from fishnet_d2.apps.data import DEMO_SPEC, render_split
 
 from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
 from .tiny_detection import tiny_mask_rcnn_cfg

@@ -1,4 +1,4 @@
-"""tools/export_model.py (fishnet_d2.export): tiny FishNet Mask R-CNN, Faster R-CNN and RetinaNet with
+"""tools/export_model.py (fishnet_d2.apps.export): tiny FishNet Mask R-CNN, Faster R-CNN and RetinaNet with
 random weights exported to TorchScript (scripting, tracing) and ONNX (tracing); the exported models
 give eager mode's detections, and the TorchScript files do so in a new Python process that imports
 neither fishnet_d2 nor Detectron2.
@@ -22,10 +22,10 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
-import fishnet_d2.data  # noqa: F401  (registers the demo datasets, as tools/export_model.py does)
+import fishnet_d2.apps.data  # noqa: F401  (registers the demo datasets, as tools/export_model.py does)
 from fishnet_d2.backports import DETECTRON2_V0_6
-from fishnet_d2.export import Difference, d2export, detectron2_export, main
-from fishnet_d2.predict import load_config, load_model
+from fishnet_d2.apps.export import Difference, d2export, detectron2_export, main
+from fishnet_d2.apps.predict import load_config, load_model
 
 from .test_predict import write_model
 from .tiny_detection import tiny_mask_rcnn_cfg
@@ -200,7 +200,7 @@ def test_a_sample_that_is_not_an_image_is_named(config_files, tmp_path):
 @pytest.mark.slow
 def test_a_failed_check_writes_nothing(config_files, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "fishnet_d2.export.cli.compare_instances", lambda image, *_: [Difference(image, "scores", 0.5, 1.0)]
+        "fishnet_d2.apps.export.cli.compare_instances", lambda image, *_: [Difference(image, "scores", 0.5, 1.0)]
     )
     status, _, err = run("--config-file", config_files["faster_rcnn"], "--output", tmp_path / "out")
     assert status == 1

@@ -13,7 +13,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from fishnet_d2 import FishNet
-from fishnet_d2.data import register_synthetic_shapes
+from fishnet_d2.apps.data import register_synthetic_shapes
 
 from .common import REPO
 from .synthetic_inputs import IMAGE_SIZE, shrink_lazy_model, synthetic_batch

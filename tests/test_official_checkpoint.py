@@ -12,13 +12,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from fishnet_d2 import FISHNET_VARIANTS, FishNet
-from fishnet_d2.convert import (
+from fishnet_d2.weights.convert import (
     CheckpointLoadError,
     convert_official_state_dict,
     load_official_state_dict,
     save_d2_checkpoint,
 )
-from fishnet_d2.official import infer_arch, official_layout
+from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
 from .common import REFERENCE, REPO, fishnet_cfg, run_converter
 

@@ -1,4 +1,4 @@
-"""tools/predict.py (fishnet_d2.predict): a tiny Mask R-CNN with random weights predicts a folder of
+"""tools/predict.py (fishnet_d2.apps.predict): a tiny Mask R-CNN with random weights predicts a folder of
 good and bad files, a video, and degenerate inputs; drawings, COCO results that pycocotools reads,
 a clear message per bad input, and nothing half-written."""
 
@@ -21,9 +21,9 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
 
-import fishnet_d2.data  # noqa: F401  (registers the demo datasets, as tools/predict.py does)
+import fishnet_d2.apps.data  # noqa: F401  (registers the demo datasets, as tools/predict.py does)
 from fishnet_d2 import FishNetCheckpointer
-from fishnet_d2.predict import (
+from fishnet_d2.apps.predict import (
     InputError,
     Predictor,
     assign_image_ids,
@@ -34,7 +34,7 @@ from fishnet_d2.predict import (
     output_size,
     read_image_file,
 )
-from fishnet_d2.visualization import draw_predictions, prediction_metadata
+from fishnet_d2.apps.visualization import draw_predictions, prediction_metadata
 
 from .common import REPO
 from .tiny_detection import tiny_mask_rcnn_cfg

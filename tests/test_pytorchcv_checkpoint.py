@@ -18,8 +18,8 @@ from pytorchcv.models.preresnet import preresnet50
 from torch import nn
 
 from fishnet_d2 import FishNet
-from fishnet_d2.convert import save_d2_checkpoint
-from fishnet_d2.pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
+from fishnet_d2.weights.convert import save_d2_checkpoint
+from fishnet_d2.weights.pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
 
 from .common import REPO, TINY_ARCH, fishnet_cfg, run_converter
 

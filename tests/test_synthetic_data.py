@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from fishnet_d2.data import (
+from fishnet_d2.apps.data import (
     SHAPE_CATEGORIES,
     ShapeImageParams,
     SyntheticShapesSpec,
@@ -231,7 +231,7 @@ def test_registration_is_lazy_and_loads_coco(tmp_path):
 @pytest.mark.slow
 def test_import_registers_demo_datasets_without_writing(tmp_path):
     code = (
-        "import fishnet_d2.data\n"
+        "import fishnet_d2.apps.data\n"
         "from detectron2.data import DatasetCatalog, MetadataCatalog\n"
         "names = DatasetCatalog.list()\n"
         "assert 'fishnet_demo_train' in names and 'fishnet_demo_val' in names, names\n"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.engine import default_argument_parser
 
-from fishnet_d2.checkpoint import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
+from fishnet_d2.weights.checkpointer import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
 from fishnet_d2.engine import Trainer, main
 
 from .tiny_detection import tiny_mask_rcnn_cfg, tiny_shapes

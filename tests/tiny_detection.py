@@ -6,7 +6,7 @@ from typing import Dict, Optional, Tuple
 
 from detectron2.config import CfgNode
 
-from fishnet_d2.data import ShapeImageParams, SyntheticShapesSpec, ensure_synthetic_shapes, register_synthetic_shapes
+from fishnet_d2.apps.data import ShapeImageParams, SyntheticShapesSpec, ensure_synthetic_shapes, register_synthetic_shapes
 
 from .common import fishnet_cfg, use_tiny_arch
 

@@ -5,12 +5,12 @@
 
 INPUT: an official checkpoint (e.g. fishnet150_ckpt.tar), pytorchcv's weights
 (e.g. fishnet150-0475-93e26daa.pth), or a file already in fishnet_d2's keys; the layout is
-recognised from the keys unless --layout names it. See fishnet_d2/convert.py for what is checked
+recognised from the keys unless --layout names it. See fishnet_d2/weights/convert.py for what is checked
 and written.
 """
 import sys
 
-from fishnet_d2.convert import main
+from fishnet_d2.weights.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

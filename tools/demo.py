@@ -8,13 +8,13 @@ model_final.pth, predictions.png, losses.png, metrics.json and the log.
 
     python tools/demo.py [--output DIR] [--num-gpus N] [KEY VALUE ...]
 
-Everything it does is in fishnet_d2.demo.
+Everything it does is in fishnet_d2.apps.demo.
 """
 
 from pathlib import Path
 
-import fishnet_d2.data  # noqa: F401  registers the demo datasets
-from fishnet_d2.demo import argument_parser, main
+import fishnet_d2.apps.data  # noqa: F401  registers the demo datasets
+from fishnet_d2.apps.demo import argument_parser, main
 from fishnet_d2.engine import launch_from_args
 
 DEMO_CONFIG = (

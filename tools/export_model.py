@@ -5,13 +5,13 @@ and check the exported model against eager mode.
     python tools/export_model.py --config-file CONFIG --export-method {scripting,tracing} \
         --format {torchscript,onnx} --output DIR [--sample-image IMAGE] --opts MODEL.WEIGHTS model_final.pth
 
-CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.export.
+CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.apps.export.
 """
 
 import sys
 
-import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
-from fishnet_d2.export import main
+import fishnet_d2.apps.data  # noqa: F401  registers the demo datasets (configs/Demo)
+from fishnet_d2.apps.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

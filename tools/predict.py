@@ -6,13 +6,13 @@ predictions and write them as COCO results.
         --opts MODEL.WEIGHTS model_final.pth
     python tools/predict.py --config-file CONFIG --video-input clip.mp4 --output out/clip.mp4
 
-CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.predict.
+CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.apps.predict.
 """
 
 import sys
 
-import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
-from fishnet_d2.predict import main
+import fishnet_d2.apps.data  # noqa: F401  registers the demo datasets (configs/Demo)
+from fishnet_d2.apps.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

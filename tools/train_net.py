@@ -11,7 +11,7 @@ Everything it does is in fishnet_d2.engine (Trainer, setup, main, launch).
 
 from detectron2.engine import default_argument_parser
 
-import fishnet_d2.data  # noqa: F401  registers the demo datasets (configs/Demo)
+import fishnet_d2.apps.data  # noqa: F401  registers the demo datasets (configs/Demo)
 from fishnet_d2.engine import launch_from_args, main
 
 if __name__ == "__main__":

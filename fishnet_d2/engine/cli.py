@@ -8,9 +8,8 @@ from detectron2.engine import default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from ..checkpoint import FishNetCheckpointer
-from ..config import load_config
-from ..model_zoo import resolve_config_file
+from ..weights.checkpointer import FishNetCheckpointer
+from ..model_zoo import load_config, resolve_config_file
 from .trainer import Trainer
 
 __all__ = ["setup", "main"]

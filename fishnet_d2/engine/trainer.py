@@ -15,7 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import log_first_n, setup_logger
 
 from ..backports import DefaultTrainer
-from ..checkpoint import FishNetCheckpointer
+from ..weights.checkpointer import FishNetCheckpointer
 from ..evaluation import build_evaluator
 from ..modeling import FishNet
 from ..solver import build_optimizer
@@ -31,7 +31,7 @@ class Trainer(DefaultTrainer):
     * ``UNTIL_ITER`` rescaled with the other iteration counts when ``SOLVER.REFERENCE_WORLD_SIZE``
       differs from the number of processes (:meth:`auto_scale_workers`);
     * evaluators from the dataset's ``evaluator_type`` (:func:`fishnet_d2.evaluation.build_evaluator`);
-    * checkpoints read and written by :class:`fishnet_d2.checkpoint.FishNetCheckpointer`, with the
+    * checkpoints read and written by :class:`fishnet_d2.weights.checkpointer.FishNetCheckpointer`, with the
       optimizer's state (as Detectron2 main's ``DefaultTrainer``; :mod:`fishnet_d2.backports`);
     * DistributedDataParallel on CPU (GLOO, see :func:`fishnet_d2.engine.launch`);
     * a warning when a FishNet with FrozenBN would train from scratch (:meth:`resume_or_load`).

@@ -9,14 +9,24 @@ configs``, which setup.py links to ``configs/`` when it builds (as Detectron2's 
 a source checkout that was never built reads ``configs/`` beside the package.
 """
 
+import argparse
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional, Sequence
 
+import torch
 from detectron2.config import CfgNode, LazyConfig, get_cfg
 
 from ..config import add_fishnet_config
 
-__all__ = ["configs_dir", "list_configs", "get_config_file", "get_config", "resolve_config_file"]
+__all__ = [
+    "configs_dir",
+    "list_configs",
+    "get_config_file",
+    "get_config",
+    "resolve_config_file",
+    "add_config_arguments",
+    "load_config",
+]
 
 _PACKAGED = Path(__file__).resolve().parent / "configs"
 _SOURCE_CHECKOUT = Path(__file__).resolve().parents[2] / "configs"
@@ -64,3 +74,63 @@ def resolve_config_file(path_or_name: str) -> str:
     if Path(path_or_name).is_file():
         return path_or_name
     return get_config_file(path_or_name)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config-file`` (a path or a fishnet_d2 config name) and ``--opts KEY VALUE ...``, as
+    Detectron2's demo and export tools take them: what :func:`load_config` reads."""
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="a config file, or the name of a fishnet_d2 config (fishnet_d2.model_zoo.list_configs())",
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
+    )
+
+
+def load_config(
+    config_file: str, opts: Sequence[str] = (), *, confidence_threshold: Optional[float] = None
+) -> CfgNode:
+    """The frozen config of ``config_file`` with fishnet_d2's keys and the ``KEY VALUE`` overrides
+    ``opts``.
+
+    Args:
+        config_file: a YAML file, or the name of a fishnet_d2 config (``fishnet_d2.model_zoo``).
+        opts: ``KEY VALUE`` pairs, as Detectron2's ``--opts``.
+        confidence_threshold: when given, the score threshold of every head (RetinaNet's, the ROI
+            heads', Panoptic FPN's instances), set after ``opts`` as Detectron2's demo does.
+
+    Raises:
+        FileNotFoundError: ``config_file`` is neither a file nor a fishnet_d2 config name.
+        ValueError: an odd number of ``opts``, a threshold outside [0, 1], or ``MODEL.DEVICE``
+            CUDA on a machine without one.
+    """
+    if len(opts) % 2:
+        raise ValueError(f"--opts takes KEY VALUE pairs; got an odd number of items: {list(opts)}")
+    cfg = get_cfg()
+    add_fishnet_config(cfg)
+    cfg.merge_from_file(resolve_config_file(config_file))
+    cfg.merge_from_list(list(opts))
+    if confidence_threshold is not None:
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(f"--confidence-threshold={confidence_threshold}: must be in [0, 1]")
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
+    try:
+        device = torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError as e:
+        raise ValueError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} is not a device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}, but this machine has no CUDA device; allowed here: "
+            "'cpu' (add the override `MODEL.DEVICE cpu`)"
+        )
+    cfg.freeze()
+    return cfg

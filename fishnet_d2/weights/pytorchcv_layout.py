@@ -29,8 +29,8 @@ from typing import Dict, Tuple
 
 import torch
 
-from .modeling import FISHNET_VARIANTS, FishNetArch
-from .official import renamed_layout
+from ..modeling import FISHNET_VARIANTS, FishNetArch
+from .official_layout import renamed_layout
 
 __all__ = ["PYTORCHCV_VARIANTS", "pytorchcv_key", "pytorchcv_layout"]
 
@@ -100,6 +100,6 @@ def pytorchcv_key(key: str, num_stages: int) -> str:
 
 
 def pytorchcv_layout(arch: FishNetArch, num_classes: int) -> Dict[str, Tuple[str, torch.Size]]:
-    """``{pytorchcv key: (our key, shape)}``: :func:`~fishnet_d2.official.renamed_layout` by
+    """``{pytorchcv key: (our key, shape)}``: :func:`~fishnet_d2.weights.official_layout.renamed_layout` by
     :func:`pytorchcv_key`."""
     return renamed_layout(arch, num_classes, pytorchcv_key)

@@ -14,7 +14,7 @@ from detectron2.data import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Boxes, Instances
 
-from ..atomic_file import atomic_write
+from ...weights.atomic_file import atomic_write
 
 __all__ = ["assign_image_ids", "coco_results", "write_json"]
 
@@ -60,7 +60,7 @@ def coco_results(
 
     Args:
         instances: one image's ``"instances"`` output; at ``image_size`` or, for huge images
-            (:func:`fishnet_d2.predict.predictor.output_size`), smaller: their boxes, masks and
+            (:func:`fishnet_d2.apps.predict.predictor.output_size`), smaller: their boxes, masks and
             keypoints are then scaled to ``image_size``, a mask at a time.
         image_id: the image's id (:func:`assign_image_ids`).
         image_size: (height, width) of the image.

@@ -12,7 +12,7 @@ from detectron2.utils import comm
 from tabulate import tabulate
 from torch.nn.parallel import DistributedDataParallel
 
-from ..engine import Trainer
+from ...engine import Trainer
 from .figures import prediction_panels, save_loss_plot, save_prediction_figure
 
 __all__ = [
@@ -51,7 +51,7 @@ def prepare_datasets(cfg: CfgNode) -> Dict[str, int]:
     if unknown:
         raise ValueError(
             f"DATASETS.TRAIN / DATASETS.TEST name unregistered datasets {unknown}; the demo's are "
-            "'fishnet_demo_train' and 'fishnet_demo_val' (registered by importing fishnet_d2.data)"
+            "'fishnet_demo_train' and 'fishnet_demo_val' (registered by importing fishnet_d2.apps.data)"
         )
     sizes = {}
     for name in names:

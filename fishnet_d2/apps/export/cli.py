@@ -13,8 +13,8 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointLoadError
-from ..config import add_config_arguments, load_config
+from ...weights.checkpointer import CheckpointLoadError
+from ...model_zoo import add_config_arguments, load_config
 from ..predict.images import InputError
 from ..predict.predictor import load_model
 from ..predict.results import write_json

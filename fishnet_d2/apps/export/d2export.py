@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import detectron2
 
-from ..backports import DETECTRON2_V0_6, detectron2_export_modules
+from ...backports import DETECTRON2_V0_6, detectron2_export_modules
 
 __all__ = ["ExportUnavailableError", "INSTALL_HINT", "Detectron2Export", "detectron2_export"]
 

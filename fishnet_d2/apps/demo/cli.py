@@ -12,7 +12,7 @@ from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..engine import setup
+from ...engine import setup
 from .pipeline import DemoResult, ap_table, run_demo
 
 __all__ = ["argument_parser", "default_torch_threads", "setup_demo", "main"]

@@ -28,7 +28,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
-from ..atomic_file import atomic_write
+from ...weights.atomic_file import atomic_write
 from .d2export import Detectron2Export
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Reading weight files without running code from them: the one reader behind the checkpointer
-(:class:`fishnet_d2.checkpoint.FishNetCheckpointer`) and the converter (:mod:`fishnet_d2.convert`).
+(:class:`fishnet_d2.weights.checkpointer.FishNetCheckpointer`) and the converter (:mod:`fishnet_d2.weights.convert`).
 
 * :func:`read_pickle` (``.pkl``, Detectron2 / Detectron1 / Caffe2 model zoo): through
-  :func:`fishnet_d2.safe_pickle.load_pickle`, which rebuilds only containers, strings, numbers and
+  :func:`fishnet_d2.weights.safe_pickle.load_pickle`, which rebuilds only containers, strings, numbers and
   numpy arrays.
 * :func:`read_torch` (anything else): ``torch.load(..., weights_only=True)``, which rebuilds only
   tensors and plain data.

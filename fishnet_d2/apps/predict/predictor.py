@@ -11,7 +11,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from ..checkpoint import FishNetCheckpointer
+from ...weights.checkpointer import FishNetCheckpointer
 
 __all__ = ["MAX_OUTPUT_PIXELS", "Prediction", "Predictor", "load_model", "output_size"]
 

@@ -15,7 +15,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..atomic_file import atomic_write
+from ...weights.atomic_file import atomic_write
 from ..visualization import draw_predictions
 
 __all__ = [
@@ -60,7 +60,7 @@ def prediction_panels(
     """Run ``model`` on the images of ``dataset_dicts`` (as the test loader feeds it, through
     ``DatasetMapper(cfg, is_train=False)``) and draw its predictions and the annotations with
     Detectron2's ``Visualizer``, each category in its ``metadata.thing_colors`` colour; the
-    predictions by :func:`fishnet_d2.visualization.draw_predictions`, as ``tools/predict.py`` draws
+    predictions by :func:`fishnet_d2.apps.visualization.draw_predictions`, as ``tools/predict.py`` draws
     them."""
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold={score_threshold!r}: must be in [0, 1]")

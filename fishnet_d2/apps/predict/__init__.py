@@ -1,9 +1,9 @@
 """Predict images and videos with a config's model (``tools/predict.py``): read them, predict,
-draw the predictions (:func:`fishnet_d2.visualization.draw_predictions`), save the drawings and the
+draw the predictions (:func:`fishnet_d2.apps.visualization.draw_predictions`), save the drawings and the
 COCO-format results."""
 
 from .cli import argument_parser, main
-from ..config import load_config
+from ...model_zoo import load_config
 from .images import InputError, expand_inputs, read_image_file
 from .predictor import MAX_OUTPUT_PIXELS, Prediction, Predictor, load_model, output_size
 from .results import assign_image_ids, coco_results, write_json

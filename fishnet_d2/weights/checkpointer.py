@@ -6,7 +6,7 @@ it reads, refuses files that are not checkpoints of the model, and never leaves 
 
 Reading (same formats as ``DetectionCheckpointer``):
 
-* ``.pkl`` (Detectron2 / Detectron1 / Caffe2 model zoo): through :func:`fishnet_d2.safe_pickle.
+* ``.pkl`` (Detectron2 / Detectron1 / Caffe2 model zoo): through :func:`fishnet_d2.weights.safe_pickle.
   load_pickle`, which rebuilds only containers, strings, numbers and numpy arrays.
 * anything else (``.pth``, ``.pyth``): ``torch.load(..., weights_only=True)``, which rebuilds only
   tensors and plain data.
@@ -24,7 +24,7 @@ checkpoint of the same backbone with other heads, or backbone-only weights (Imag
 Detectron2, which logs the keys it skipped.
 
 Writing: each checkpoint and the ``last_checkpoint`` tag go to a temporary file in the same
-directory, flushed to disk, then renamed over the final name (:func:`fishnet_d2.atomic_file.
+directory, flushed to disk, then renamed over the final name (:func:`fishnet_d2.weights.atomic_file.
 atomic_write`); a process killed while saving leaves the previous checkpoint and tag intact and
 possibly a ``.{name}.*.tmp`` file, which nothing reads.
 """
@@ -40,8 +40,8 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
 from .atomic_file import atomic_write
-from .backports import DetectionCheckpointer
-from .checkpoint_file import (
+from ..backports import DetectionCheckpointer
+from .files import (
     CheckpointLoadError,
     UnsafeCheckpointError,
     listing,

@@ -1,5 +1,5 @@
 """Draw a model's predictions on its image with Detectron2's ``Visualizer``: the one drawing code of
-``tools/predict.py`` (:mod:`fishnet_d2.predict`) and of the demo's pictures (:mod:`fishnet_d2.demo`)."""
+``tools/predict.py`` (:mod:`fishnet_d2.apps.predict`) and of the demo's pictures (:mod:`fishnet_d2.apps.demo`)."""
 
 from typing import Any, Mapping, Optional
 

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .modeling import FISHNET_VARIANTS, FishNet, FishNetArch
+from ..modeling import FISHNET_VARIANTS, FishNet, FishNetArch
 
 __all__ = ["official_key", "official_layout", "renamed_layout", "infer_arch", "variant_name"]
 

@@ -6,10 +6,10 @@ The input's layout is recognised by its keys (``--layout`` names it instead):
 
 * ``official``: the official FishNet code's checkpoints (``fish.fish.*``), as published (a dict
   whose ``state_dict`` may carry DataParallel's ``module.`` prefix) or a bare state_dict;
-  FishNet-99/150/201, or a custom architecture inferred from the keys (:mod:`fishnet_d2.official`).
+  FishNet-99/150/201, or a custom architecture inferred from the keys (:mod:`fishnet_d2.weights.official_layout`).
 * ``pytorchcv``: pytorchcv's (imgclsmob) FishNet-99/150, a plain state_dict
   (``features.init_block.*``, ``features.hg.*``, ``output.final_conv.*``;
-  :mod:`fishnet_d2.pytorchcv_layout`).
+  :mod:`fishnet_d2.weights.pytorchcv_layout`).
 * ``fishnet_d2``: this project's own keys (:class:`FishNet`'s state_dict), bare or inside
   ``{"model": ...}`` as this converter writes them (``.pkl`` too).
 
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from .atomic_file import atomic_write
-from .checkpoint_file import CheckpointLoadError, listing, read_pickle, read_torch, strip_module_prefix
-from .modeling import FISHNET_VARIANTS, FishNetArch, fishnet_arch_to_config
-from .official import infer_arch, official_key, official_layout, variant_name
+from .files import CheckpointLoadError, listing, read_pickle, read_torch, strip_module_prefix
+from ..modeling import FISHNET_VARIANTS, FishNetArch, fishnet_arch_to_config
+from .official_layout import infer_arch, official_key, official_layout, variant_name
 from .pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
 
 __all__ = [

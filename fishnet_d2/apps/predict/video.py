@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
-from ..atomic_file import publish
+from ...weights.atomic_file import publish
 from .images import InputError
 
 __all__ = ["VIDEO_CODECS", "open_video", "open_camera", "read_frames", "AtomicVideoWriter"]

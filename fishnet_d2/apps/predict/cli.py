@@ -15,10 +15,10 @@ from detectron2.data.detection_utils import convert_image_to_rgb, convert_PIL_to
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic_file import atomic_write
-from ..checkpoint import CheckpointLoadError
+from ...weights.atomic_file import atomic_write
+from ...weights.checkpointer import CheckpointLoadError
 from ..visualization import draw_predictions, prediction_metadata
-from ..config import add_config_arguments, load_config
+from ...model_zoo import add_config_arguments, load_config
 from .images import InputError, expand_inputs, read_image_file
 from .predictor import Prediction, Predictor
 from .results import assign_image_ids, coco_results, write_json

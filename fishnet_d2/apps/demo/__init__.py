@@ -1,5 +1,5 @@
 """The embedded demo (``make demo``): train a small FishNet Mask R-CNN on the synthetic shapes
-dataset (:mod:`fishnet_d2.data`) on CPU, evaluate it, and draw its predictions and losses."""
+dataset (:mod:`fishnet_d2.apps.data`) on CPU, evaluate it, and draw its predictions and losses."""
 
 from .cli import argument_parser, main, setup_demo
 from .figures import (
