@@ -49,7 +49,8 @@ class FusedFrozenBatchNorm2d(FrozenBatchNorm2d):
     def fold_into(self, conv_weight: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` of the one convolution that computes this norm of a bias-free
         convolution with ``conv_weight`` (:func:`folds_into_conv`): ``conv_weight * scale`` per
-        output channel (keeping its memory format), and ``shift`` in ``dtype``."""
+        output channel (keeping its memory format), and ``shift`` in ``dtype``. The caller runs
+        them through ``F.conv2d`` with that convolution's stride, padding, dilation and groups."""
         scale, shift = self.scale_shift()
         return conv_weight * scale.reshape(-1, 1, 1, 1).to(conv_weight.dtype), shift.to(dtype)
 
@@ -244,14 +245,16 @@ class PreActBottleneck(FishNetBlockBase):
         # From here on `out` is a convolution's output (or its norm's), which their backward does
         # not keep: overwriting it in place is safe.
         if self.fold_norm2:
-            weight, bias = self.norm2.fold_into(self.conv1.weight, out.dtype)
-            out = self.conv1._conv_forward(out, weight, bias)
+            c1 = self.conv1
+            weight, bias = self.norm2.fold_into(c1.weight, out.dtype)
+            out = F.conv2d(out, weight, bias, c1.stride, c1.padding, c1.dilation, c1.groups)
         else:
             out = self.norm2(self.conv1(out))
         out = F.relu_(out)
         if self.fold_norm3:
-            weight, bias = self.norm3.fold_into(self.conv2.weight, out.dtype)
-            out = self.conv2._conv_forward(out, weight, bias)
+            c2 = self.conv2
+            weight, bias = self.norm3.fold_into(c2.weight, out.dtype)
+            out = F.conv2d(out, weight, bias, c2.stride, c2.padding, c2.dilation, c2.groups)
         else:
             out = self.norm3(self.conv2(out))
         out = self.conv3(F.relu_(out))
@@ -321,7 +324,8 @@ class ConvNormReLU(FishNetBlockBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fold_norm:
             weight, bias = self.norm.fold_into(self.conv.weight, x.dtype)
-            return F.relu_(self.conv._conv_forward(x, weight, bias))
+            c = self.conv
+            return F.relu_(F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups))
         return F.relu_(self.norm(self.conv(x)))
 
 
@@ -353,8 +357,9 @@ class ScoreUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.norm1(x))
         if self.fold_norm2:
-            weight, bias = self.norm2.fold_into(self.conv1.weight, x.dtype)
-            x = self.conv1._conv_forward(x, weight, bias)
+            c1 = self.conv1
+            weight, bias = self.norm2.fold_into(c1.weight, x.dtype)
+            x = F.conv2d(x, weight, bias, c1.stride, c1.padding, c1.dilation, c1.groups)
         else:
             x = self.norm2(self.conv1(x))
         x = F.relu(x)

@@ -5,10 +5,13 @@ from typing import Any, Callable, Iterator, List
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["recompute_in_backward"]
+
+# The BatchNorms that update running statistics in training (Detectron2's NaiveSyncBatchNorm is
+# a BatchNorm2d; FrozenBN is neither).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def recompute_in_backward(stage: nn.Module, run: Callable[..., Any], *inputs: torch.Tensor) -> Any:
@@ -21,7 +24,7 @@ def recompute_in_backward(stage: nn.Module, run: Callable[..., Any], *inputs: to
     compiled backward recomputes values, not buffer updates), nor in stages without BatchNorm
     that tracks statistics (FrozenBN, GN, no norm); those use checkpoint's default context.
     """
-    updating = [m for m in stage.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    updating = [m for m in stage.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
     if not updating or torch.compiler.is_compiling():
         return checkpoint(run, *inputs, use_reentrant=False)
     return checkpoint(
@@ -33,7 +36,7 @@ def recompute_in_backward(stage: nn.Module, run: Callable[..., Any], *inputs: to
 
 
 @contextlib.contextmanager
-def _running_stats_kept(norms: List[_BatchNorm]) -> Iterator[None]:
+def _running_stats_kept(norms: List[nn.Module]) -> Iterator[None]:
     """Run the second pass of training-mode BatchNorm without changing its running statistics.
 
     The batch statistics still normalize, as in the first pass, and the second pass saves the
