@@ -4,16 +4,13 @@ it reads, refuses files that are not checkpoints of the model, and never leaves 
     checkpointer = FishNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
 
-Reading (same formats as ``DetectionCheckpointer``):
-
-* ``.pkl`` (Detectron2 / Detectron1 / Caffe2 model zoo): through :func:`fishnet_d2.weights.safe_pickle.
-  load_pickle`, which rebuilds only containers, strings, numbers and numpy arrays.
-* anything else (``.pth``, ``.pyth``): ``torch.load(..., weights_only=True)``, which rebuilds only
-  tensors and plain data.
-
-A file that names any other function or class raises :class:`UnsafeCheckpointError` before
-anything in it runs. Empty, truncated and unreadable files, files that hold no weights, and
-weights that are not arrays raise :class:`CheckpointLoadError`, naming the file.
+Reading: the formats ``DetectionCheckpointer`` reads, found as it finds them, read by
+:func:`fishnet_d2.weights.files.read_checkpoint`: ``.pkl`` files by a reader that rebuilds only
+containers, strings, numbers and numpy arrays, anything else with ``torch.load(...,
+weights_only=True)``. A file that names any other function or class raises
+:class:`UnsafeCheckpointError` before anything in it runs. Empty, truncated and unreadable files,
+files that hold no weights, and weights that are not arrays raise :class:`CheckpointLoadError`,
+naming the file.
 
 "A file of another model": fewer than ``min_backbone_match`` (default one half) of the tensors of
 the model's backbone -- ``model.backbone`` for Detectron2's meta-architectures, the whole model
@@ -29,84 +26,25 @@ atomic_write`); a process killed while saving leaves the previous checkpoint and
 possibly a ``.{name}.*.tmp`` file, which nothing reads.
 """
 
-import logging
 import os
 from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlparse
 
-import numpy as np
 import torch
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
-from .atomic_file import atomic_write
 from ..backports import DetectionCheckpointer
-from .files import (
-    CheckpointLoadError,
-    UnsafeCheckpointError,
-    listing,
-    read_pickle,
-    read_torch,
-    strip_module_prefix,
-)
+from .atomic_file import atomic_write
+from .files import CheckpointLoadError, UnsafeCheckpointError, listing, read_checkpoint
 
 __all__ = ["CheckpointLoadError", "UnsafeCheckpointError", "FishNetCheckpointer"]
 
-def _from_pickle(filename: str, data: Any, logger: logging.Logger) -> Dict[str, Any]:
-    """The checkpoint in a model-zoo pickle, interpreted as DetectionCheckpointer does."""
-    if not isinstance(data, dict):
-        raise CheckpointLoadError(
-            f"{filename}: not a checkpoint: the pickle holds a {type(data).__name__}, not a dict of weights"
-        )
-    if "model" in data and "__author__" in data:  # Detectron2 model zoo
-        logger.info(f"Reading a file from '{data['__author__']}'")
-        return data
-    # Detectron1 / Caffe2: detection models keep their weights under "blobs", ImageNet ones not.
-    weights = data.get("blobs", data)
-    if isinstance(weights, dict):
-        weights = {k: v for k, v in weights.items() if not str(k).endswith("_momentum")}
-    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
-
-
-def _from_torch(filename: str, data: Any) -> Dict[str, Any]:
-    """The checkpoint in a torch file, interpreted as DetectionCheckpointer does."""
-    if not isinstance(data, dict):
-        raise CheckpointLoadError(
-            f"{filename}: not a checkpoint: the file holds a {type(data).__name__}, not a dict of weights"
-        )
-    if filename.endswith(".pyth"):  # pycls
-        if "model_state" not in data:
-            raise CheckpointLoadError(f"{filename}: a .pyth (pycls) checkpoint needs 'model_state'; found {sorted(map(str, data))}")
-        weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
-        return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
-    if "model" in data:
-        return data
-    if "state_dict" in data:
-        raise CheckpointLoadError(
-            f"{filename}: holds 'state_dict', not 'model': an official FishNet checkpoint? "
-            "Convert it first: python tools/convert_fishnet_to_d2.py INPUT OUTPUT.pth"
-        )
-    return {"model": data}  # a bare state_dict
-
-
-def _check_weights(filename: str, weights: Any) -> None:
-    if not isinstance(weights, Mapping) or not weights:
-        what = "empty" if isinstance(weights, Mapping) else f"a {type(weights).__name__}"
-        raise CheckpointLoadError(f"{filename}: not a checkpoint: its weights ('model') are {what}")
-    bad = []
-    for key, value in weights.items():
-        if not isinstance(key, str):
-            bad.append(f"{key!r} (a {type(key).__name__} key)")
-        elif isinstance(value, np.ndarray):
-            if value.dtype.kind not in "biuf":
-                bad.append(f"{key} (numpy dtype {value.dtype})")
-        elif not isinstance(value, torch.Tensor):
-            bad.append(f"{key} ({type(value).__name__})")
-    if bad:
-        raise CheckpointLoadError(
-            f"{filename}: not a checkpoint: weights must be tensors or numeric numpy arrays, named "
-            f"by strings; {len(bad)} of {len(weights)} are not: {listing(bad)}"
-        )
+# The last line of the error for a file of another model.
+CONVERT_HINT = (
+    "ImageNet weights of a FishNet (the official code's, pytorchcv's or fishnet_d2's)? Convert them "
+    "first: python tools/convert_fishnet_to_d2.py INPUT OUTPUT.pth"
+)
 
 
 class FishNetCheckpointer(DetectionCheckpointer):
@@ -140,10 +78,11 @@ class FishNetCheckpointer(DetectionCheckpointer):
     # ---- reading ----
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        """Load ``path`` (see ``fvcore``'s ``Checkpointer.load``). As in Detectron2 main, a path
-        may end in ``?matching_heuristics=True`` to match names by Detectron2's heuristics."""
+        """Load ``path`` (see ``fvcore``'s ``Checkpointer.load``; a path may end in
+        ``?matching_heuristics=True``, as in Detectron2 main). A missing local file raises
+        FileNotFoundError."""
         if path:
-            filename = urlparse(path)._replace(query="").geturl()
+            filename = urlparse(path)._replace(query="").geturl()  # as DetectionCheckpointer.load
             if "://" not in filename and not os.path.isfile(filename):
                 raise FileNotFoundError(f"checkpoint {filename!r}: no such file")
         self._loading = path
@@ -153,28 +92,21 @@ class FishNetCheckpointer(DetectionCheckpointer):
             self._loading = None
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if filename.endswith(".pkl"):
-            checkpoint = _from_pickle(filename, read_pickle(filename), self.logger)
-        elif filename.endswith(".pyth"):
-            checkpoint = _from_torch(filename, read_torch(filename))
-        else:  # DetectionCheckpointer's: _torch_load, then the path's ?matching_heuristics
-            checkpoint = super()._load_file(filename)
-        _check_weights(filename, checkpoint["model"])
-        return checkpoint
+        # DetectionCheckpointer reads .pkl and .pyth files with pickle.load and torch.load.
+        if filename.endswith((".pkl", ".pyth")):
+            return read_checkpoint(filename)
+        return super()._load_file(filename)  # reads with _torch_load, then applies the path's query
 
     def _torch_load(self, filename: str) -> Dict[str, Any]:
-        return _from_torch(filename, read_torch(filename))
+        return read_checkpoint(filename)
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
-        # Model-zoo pickles hold numpy arrays; the name matching below compares tensors.
-        weights = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in checkpoint["model"].items()}
-        checkpoint["model"] = weights
         heuristics = checkpoint.get("matching_heuristics", False)
-        if heuristics:
+        if heuristics:  # as DetectionCheckpointer would, before checking what the names give
             checkpoint["model"] = align_and_update_state_dicts(
-                self.model.state_dict(), weights, c2_conversion=checkpoint.get("__author__") == "Caffe2"
+                self.model.state_dict(), checkpoint["model"], c2_conversion=checkpoint.get("__author__") == "Caffe2"
             )
-            checkpoint["matching_heuristics"] = False  # applied; DetectionCheckpointer skips it
+            checkpoint["matching_heuristics"] = False  # applied
         self._check_same_model(checkpoint["model"], heuristics)
         return super()._load_model(checkpoint)
 
@@ -189,7 +121,6 @@ class FishNetCheckpointer(DetectionCheckpointer):
                 keys, scope = backbone_keys, "backbone"
         if not keys:
             return
-        weights = strip_module_prefix(weights)
         matched = [k for k in keys if k in weights and tuple(weights[k].shape) == tuple(model_state[k].shape)]
         if len(matched) >= self.min_backbone_match * len(keys):
             return
@@ -208,6 +139,7 @@ class FishNetCheckpointer(DetectionCheckpointer):
         if misshaped:
             lines.append(f"  other shape: {listing(misshaped)}")
         lines.append(f"  the file's names: {listing(sorted(weights))}")
+        lines.append(f"  {CONVERT_HINT}")
         raise CheckpointLoadError("\n".join(lines))
 
     # ---- writing ----

@@ -13,8 +13,9 @@ The input's layout is recognised by its keys (``--layout`` names it instead):
 * ``fishnet_d2``: this project's own keys (:class:`FishNet`'s state_dict), bare or inside
   ``{"model": ...}`` as this converter writes them (``.pkl`` too).
 
-Torch files are loaded with ``weights_only=True`` and ``.pkl`` files by a reader that rebuilds only
-arrays and containers, so no code in the input runs. Every key and shape is checked against the
+The input is read by :func:`fishnet_d2.weights.files.read_checkpoint`, as the checkpointer reads
+it (torch files with ``weights_only=True``, ``.pkl`` files by a reader that rebuilds only arrays
+and containers), so no code in the input runs. Every key and shape is checked against the
 layout of the architecture found; on any mismatch nothing is written and the closest layout's
 missing, unexpected and mis-shaped keys are listed. The output is written atomically: ``.pkl``
 in Detectron2's model-zoo format (numpy arrays), anything else as a torch-saved
@@ -31,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from .atomic_file import atomic_write
-from .files import CheckpointLoadError, listing, read_pickle, read_torch, strip_module_prefix
+from .files import CheckpointLoadError, listing, read_checkpoint
 from ..modeling import FISHNET_VARIANTS, FishNetArch, fishnet_arch_to_config
 from .official_layout import infer_arch, official_key, official_layout, variant_name
 from .pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
@@ -165,33 +165,12 @@ def _layout(name: str, arch: FishNetArch, num_classes: int) -> KeyMap:
     return LAYOUTS[name].key_map(arch, num_classes)
 
 
-def _tensor(value: object) -> object:
-    """A numpy array (``.pkl`` files) as a tensor; anything else as it is."""
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return torch.from_numpy(value)
-    return value
-
-
 def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """The state_dict in ``path``, in whatever layout: the ``state_dict`` of an official checkpoint,
-    the ``model`` of a Detectron2 weights file, or a bare state_dict; DataParallel's ``module.``
-    prefix removed. ``.pkl`` files are read as Detectron2 model-zoo pickles (numpy arrays), other
-    files with ``torch.load(weights_only=True)``; no code in them runs. Raises
-    CheckpointLoadError for anything else."""
-    loaded = read_pickle(path) if Path(path).suffix == ".pkl" else read_torch(path)
-    if isinstance(loaded, Mapping):
-        wrapper = next((k for k in ("state_dict", "model") if k in loaded), None)
-        loaded = loaded[wrapper] if wrapper else loaded
-    if not isinstance(loaded, Mapping) or not loaded:
-        raise CheckpointLoadError(
-            f"{path}: expected a checkpoint (a dict with 'state_dict' or 'model') or a state_dict; "
-            f"found {type(loaded).__name__}"
-        )
-    loaded = {k: _tensor(v) for k, v in loaded.items()}
-    not_tensors = [str(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointLoadError(f"{path}: the state_dict has non-tensor entries: {listing(not_tensors)}")
-    return strip_module_prefix(loaded)
+    """The weights in ``path``, found as :func:`fishnet_d2.weights.files.read_checkpoint` finds
+    them (the ``state_dict`` of an official checkpoint, the ``model`` of a Detectron2 weights file,
+    or a bare state_dict), as tensors, DataParallel's ``module.`` prefix removed. No code in the
+    file runs. Raises CheckpointLoadError for anything else."""
+    return read_checkpoint(path)["model"]
 
 
 # The name the first version gave load_state_dict, which read official checkpoints only.

@@ -1,15 +1,17 @@
 """Reading weight files without running code from them: the one reader behind the checkpointer
-(:class:`fishnet_d2.weights.checkpointer.FishNetCheckpointer`) and the converter (:mod:`fishnet_d2.weights.convert`).
+(:class:`fishnet_d2.weights.checkpointer.FishNetCheckpointer`) and the converter
+(:mod:`fishnet_d2.weights.convert`).
 
 * :func:`read_pickle` (``.pkl``, Detectron2 / Detectron1 / Caffe2 model zoo): through
-  :func:`fishnet_d2.weights.safe_pickle.load_pickle`, which rebuilds only containers, strings, numbers and
-  numpy arrays.
+  :func:`fishnet_d2.weights.safe_pickle.load_pickle`, which rebuilds only containers, strings,
+  numbers and numpy arrays.
 * :func:`read_torch` (anything else): ``torch.load(..., weights_only=True)``, which rebuilds only
   tensors and plain data.
+* :func:`read_checkpoint`: either, and the weights found in what it read, as Detectron2 finds them.
 
 A file that names any other function or class raises :class:`UnsafeCheckpointError` before
-anything in it runs; empty, truncated and unreadable files raise :class:`CheckpointLoadError`,
-naming the file.
+anything in it runs; empty, truncated and unreadable files, and files that hold no weights, raise
+:class:`CheckpointLoadError`, naming the file.
 """
 
 import os
@@ -18,6 +20,7 @@ import re
 import zipfile
 from typing import Any, Dict, List, Mapping
 
+import numpy as np
 import torch
 
 from .safe_pickle import ForbiddenGlobalError, load_pickle
@@ -26,6 +29,7 @@ __all__ = [
     "CheckpointLoadError",
     "UnsafeCheckpointError",
     "listing",
+    "read_checkpoint",
     "read_pickle",
     "read_torch",
     "strip_module_prefix",
@@ -141,3 +145,81 @@ def strip_module_prefix(weights: Mapping[str, Any]) -> Dict[str, Any]:
     if weights and all(k.startswith("module.") for k in weights):
         return {k[len("module.") :]: v for k, v in weights.items()}
     return dict(weights)
+
+
+def _checked_weights(filename: str, weights: Any) -> Dict[str, torch.Tensor]:
+    """``weights`` as tensors, DataParallel's ``module.`` prefix removed; CheckpointLoadError
+    unless they are tensors or numeric numpy arrays named by strings."""
+    if not isinstance(weights, Mapping) or not weights:
+        what = "empty" if isinstance(weights, Mapping) else f"a {type(weights).__name__}"
+        raise CheckpointLoadError(f"{filename}: not a checkpoint: its weights ('model') are {what}")
+    bad = []
+    for key, value in weights.items():
+        if not isinstance(key, str):
+            bad.append(f"{key!r} (a {type(key).__name__} key)")
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                bad.append(f"{key} (numpy dtype {value.dtype})")
+        elif not isinstance(value, torch.Tensor):
+            bad.append(f"{key} ({type(value).__name__})")
+    if bad:
+        raise CheckpointLoadError(
+            f"{filename}: not a checkpoint: weights must be tensors or numeric numpy arrays, named "
+            f"by strings; {len(bad)} of {len(weights)} are not: {listing(bad)}"
+        )
+    tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in weights.items()}
+    return strip_module_prefix(tensors)
+
+
+def read_checkpoint(filename: str) -> Dict[str, Any]:
+    """The checkpoint in ``filename``, read without running code from it: a dict whose ``"model"``
+    holds the weights, as tensors named by strings (DataParallel's ``module.`` prefix removed).
+
+    The weights are found where Detectron2's ``DetectionCheckpointer`` finds them (it reads
+    ``.pkl`` and ``.pyth`` files with ``pickle.load`` and ``torch.load``, which run any code a file
+    names, so they are read here):
+
+    * ``.pkl`` in Detectron2's model-zoo format (``"model"`` and ``"__author__"``): as it is.
+    * other ``.pkl`` (Detectron1 / Caffe2 model zoo): the weights, under ``"blobs"`` in detection
+      models, without SGD's ``*_momentum`` blobs, with ``"__author__": "Caffe2"`` and
+      ``"matching_heuristics": True``.
+    * ``.pyth`` (pycls): its ``"model_state"`` without BatchNorm's ``num_batches_tracked``, with
+      ``"__author__": "pycls"`` and ``"matching_heuristics": True``.
+    * anything else (``torch.save``): as it is when it has ``"model"``; else the ``"state_dict"``
+      of a checkpoint of the official FishNet code (its epoch and optimizer left out), or the
+      whole file as a bare state_dict.
+
+    Raises CheckpointLoadError (naming the file) for anything else, UnsafeCheckpointError for a
+    file that names code, FileNotFoundError for a missing file.
+    """
+    if filename.endswith(".pkl"):
+        data, holder = read_pickle(filename), "the pickle"
+    else:
+        data, holder = read_torch(filename), "the file"
+    if not isinstance(data, dict):
+        raise CheckpointLoadError(
+            f"{filename}: not a checkpoint: {holder} holds a {type(data).__name__}, not a dict of weights"
+        )
+    if filename.endswith(".pkl"):
+        if "model" in data and "__author__" in data:
+            checkpoint = dict(data)
+        else:
+            blobs = data.get("blobs", data)
+            if isinstance(blobs, Mapping):
+                blobs = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
+            checkpoint = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+    elif filename.endswith(".pyth"):
+        if not isinstance(data.get("model_state"), Mapping):
+            raise CheckpointLoadError(
+                f"{filename}: a .pyth (pycls) checkpoint needs a dict 'model_state'; found {listing(sorted(map(str, data)))}"
+            )
+        weights = {k: v for k, v in data["model_state"].items() if not str(k).endswith("num_batches_tracked")}
+        checkpoint = {"model": weights, "__author__": "pycls", "matching_heuristics": True}
+    elif "model" in data:
+        checkpoint = dict(data)
+    elif "state_dict" in data:
+        checkpoint = {"model": data["state_dict"]}
+    else:
+        checkpoint = {"model": data}
+    checkpoint["model"] = _checked_weights(filename, checkpoint["model"])
+    return checkpoint
