@@ -1,16 +1,17 @@
-"""Detectron2 main's behaviour on Detectron2 v0.6: every backport in one place.
+"""Detectron2 main's behaviour on Detectron2 v0.6: every difference between the two in one place.
 
 On detectron2 main the names below are Detectron2's own objects, and nothing here runs. On v0.6
 they are small subclasses and functions that do what main does, each with the main code it
-stands for. Dropping v0.6 support is deleting this module and importing the three names from
+stands for. Dropping v0.6 support is deleting this module and importing the four names from
 Detectron2.
 
 The check: ``detectron2.utils.comm.create_local_process_group`` exists in main (since 2022) and
 not in v0.6; main still reports ``__version__ == "0.6"``, so the version string cannot tell them
 apart.
 
-Besides the three names, :func:`detectron2_export_modules` gives ``detectron2.export``'s tracing
-and scripting modules, which v0.6 cannot import as a package (its ``__init__`` imports caffe2).
+Besides the four names, :func:`detectron2_export_modules` gives ``detectron2.export``'s tracing
+and scripting modules, which v0.6 cannot import as a package (its ``__init__`` imports caffe2),
+and :data:`DETECTRON2_EXPORT_SOURCE` says where it takes them from.
 """
 
 import importlib
@@ -30,13 +31,23 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
 
-__all__ = ["DETECTRON2_V0_6", "DefaultTrainer", "DetectionCheckpointer", "launch", "detectron2_export_modules"]
+__all__ = [
+    "DETECTRON2_EXPORT_SOURCE",
+    "DefaultTrainer",
+    "DetectionCheckpointer",
+    "create_local_process_group",
+    "detectron2_export_modules",
+    "launch",
+]
 
 DETECTRON2_V0_6 = not hasattr(comm, "create_local_process_group")
 
 if not DETECTRON2_V0_6:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import DefaultTrainer, launch
+    from detectron2.utils.comm import create_local_process_group
+
+    DETECTRON2_EXPORT_SOURCE = "detectron2.export"
 
     def detectron2_export_modules() -> Tuple[types.ModuleType, types.ModuleType]:
         """``detectron2.export.flatten`` and ``detectron2.export.torchscript``."""
@@ -46,21 +57,29 @@ if not DETECTRON2_V0_6:
         )
 
 else:
+    DETECTRON2_EXPORT_SOURCE = "detectron2.export.flatten and .torchscript, without the package (v0.6: it imports caffe2)"
 
     def detectron2_export_modules() -> Tuple[types.ModuleType, types.ModuleType]:
         """v0.6's ``detectron2.export.flatten`` and ``.torchscript``, which need only torch and
         Detectron2, loaded without the package's ``__init__`` (it imports caffe2, which current
         torch no longer ships; main's does not): under a bare ``detectron2.export`` package (the
         directory, no code run) that stays in ``sys.modules``, where the modules look themselves up
-        when they script. Importing them applies Detectron2's TorchScript patches, as on main."""
+        when they script. Importing them applies Detectron2's TorchScript patches, as on main.
+        ImportError, saying so, when they do not load."""
         if "detectron2.export" not in sys.modules:
             package = types.ModuleType("detectron2.export", "v0.6's detectron2.export without its __init__")
             package.__path__ = [str(Path(detectron2.__file__).parent / "export")]
             sys.modules["detectron2.export"] = package
-        return (
-            importlib.import_module("detectron2.export.flatten"),
-            importlib.import_module("detectron2.export.torchscript"),
-        )
+        try:
+            return (
+                importlib.import_module("detectron2.export.flatten"),
+                importlib.import_module("detectron2.export.torchscript"),
+            )
+        except Exception as e:
+            raise ImportError(
+                "v0.6's detectron2.export imports caffe2, which current torch no longer ships, and its "
+                f"TorchScript modules did not load without it: {type(e).__name__}: {e}"
+            ) from e
 
     class DefaultTrainer(detectron2.engine.DefaultTrainer):
         """v0.6's DefaultTrainer, whose checkpoints also hold the optimizer's state (its
@@ -170,10 +189,18 @@ else:
         except Exception:
             logging.getLogger(__name__).error(f"Process group URL: {dist_url}")
             raise
-        num_machines = world_size // num_procs_per_machine
-        for i in range(num_machines):
-            group = dist.new_group(list(range(i * num_procs_per_machine, (i + 1) * num_procs_per_machine)))
-            if i == machine_rank:
-                comm._LOCAL_PROCESS_GROUP = group
+        create_local_process_group(num_procs_per_machine)
         comm.synchronize()
         main_func(*args)
+
+    def create_local_process_group(num_workers_per_machine: int) -> None:
+        """Main's ``comm.create_local_process_group``: the process group of this machine's ranks
+        (v0.6 keeps it in the same attribute), made by every rank together."""
+        world_size = comm.get_world_size()
+        if world_size % num_workers_per_machine:
+            raise ValueError(f"num_workers_per_machine={num_workers_per_machine}: must divide the world size, {world_size}")
+        machine_rank = comm.get_rank() // num_workers_per_machine
+        for i in range(world_size // num_workers_per_machine):
+            group = dist.new_group(list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine)))
+            if i == machine_rank:
+                comm._LOCAL_PROCESS_GROUP = group

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import detectron2
 
-from ...backports import DETECTRON2_V0_6, detectron2_export_modules
+from ...backports import DETECTRON2_EXPORT_SOURCE, detectron2_export_modules
 
 __all__ = ["ExportUnavailableError", "INSTALL_HINT", "Detectron2Export", "detectron2_export"]
 
@@ -40,19 +40,10 @@ def detectron2_export() -> Detectron2Export:
     try:
         flatten, torchscript = detectron2_export_modules()
     except Exception as e:
-        why = (
-            " (v0.6: its detectron2.export imports caffe2, which current torch no longer ships, and "
-            "its TorchScript modules did not load without it)"
-            if DETECTRON2_V0_6
-            else ""
-        )
         raise ExportUnavailableError(
             f"detectron2 {detectron2.__version__} at {Path(detectron2.__file__).parent}: its export "
-            f"tools cannot be loaded{why}: {type(e).__name__}: {e}; {INSTALL_HINT}"
+            f"tools cannot be loaded: {type(e).__name__}: {e}; {INSTALL_HINT}"
         ) from e
-    how = (
-        "detectron2.export.flatten and .torchscript, without the package (v0.6: it imports caffe2)"
-        if DETECTRON2_V0_6
-        else "detectron2.export"
+    return Detectron2Export(
+        flatten.TracingAdapter, torchscript.scripting_with_instances, flatten.flatten_to_tuple, DETECTRON2_EXPORT_SOURCE
     )
-    return Detectron2Export(flatten.TracingAdapter, torchscript.scripting_with_instances, flatten.flatten_to_tuple, how)
