@@ -1,28 +1,40 @@
-"""tools/benchmark.py's measuring parts: peak memory, FLOPs, paired ratios, arguments, the CPU's
-instruction sets, and the plain eager reference it measures FishNet against (which must be the
-same network: tests/test_backbone_fast_paths.py compares their outputs in float64). (Nothing here
-times anything.)"""
+"""tools/benchmark.py's parts (fishnet_d2.apps.benchmark): peak memory, FLOPs, paired ratios,
+arguments, the CPU's instruction sets, the plain row (FishNet with every fast path off, which
+must be the same network), and the performance document it writes. (Nothing here times anything:
+the runs are faked.)"""
 
-import sys
+import json
 
 import pytest
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-from .common import REPO
-
-sys.path.insert(0, str(REPO / "tools"))
-from benchmark import cpu_ticks, instruction_sets, parse_args, stolen_fraction  # noqa: E402
-from benchmarking.measure import count_flops, peak_memory  # noqa: E402
-from benchmarking.models import (  # noqa: E402
+from fishnet_d2 import FishNet
+from fishnet_d2.apps.benchmark import (
     LIGHT_CHECKPOINT,
     MODEL_SPECS,
     calibrate_detections,
+    count_flops,
+    cpu_ticks,
     inference_input,
+    instruction_sets,
+    load_reports,
+    main,
+    markdown,
+    parse_args,
     parse_models,
+    peak_memory,
+    plain_fishnet,
+    ratios,
+    stolen_fraction,
+    write_doc,
 )
-from benchmarking.reference import PlainFishNet  # noqa: E402
-from benchmarking.report import markdown, ratios  # noqa: E402
+from fishnet_d2.apps.benchmark import cli as benchmark_cli
+from fishnet_d2.apps.benchmark.report import DOC_BEGIN, DOC_END
+from fishnet_d2.modeling.fishnet import CHECKPOINT_CHOICES
+
+from .support import REPO, TINY_ARCH, fishnet_cfg, use_tiny_arch
 
 
 def test_peak_memory_on_cpu_is_the_most_allocated_at_once():
@@ -60,34 +72,21 @@ def test_ratios_are_medians_of_paired_rounds():
         "FishNet-150 plain": result([3.0, 9.0, 4.2]),
         "FishNet-150 ckpt": result([3.0, 9.9, 3.3], memory=250),
         "FishNet-150 ckpt stem+tail+bridge+body4+body3": result([2.2, 9.9, 3.0], memory=400),
-        "FishNet-150 ckpt stride4+tail": result([2.4, 9.9, 3.3], memory=300),
         "FishNet-150 compiled": result([1.6, 7.0, 3.6]),
     }
-    out = {r["label"]: r for r in ratios(results)}
-    vs_resnet = out["FishNet-150 / R-101, backbone fwd+bwd time"]
-    assert vs_resnet["value"] == pytest.approx(0.9)  # rounds: 1.0, 0.9, 0.75
-    assert not vs_resnet["met"] and vs_resnet["target"] == 0.80
-    vs_plain = out["FishNet-150 plain / FishNet-150, backbone fwd+bwd time"]
-    assert vs_plain["value"] == pytest.approx(1.4) and vs_plain["met"]  # >= 1.3: 1.5, 1.0, 1.4
-    ckpt_time = out["FishNet-150 ckpt / FishNet-150, backbone fwd+bwd time"]
-    assert ckpt_time["value"] == pytest.approx(1.1) and ckpt_time["met"]
-    ckpt_memory = out["FishNet-150 ckpt / FishNet-150, backbone training peak memory"]
-    assert ckpt_memory["value"] == pytest.approx(0.5) and ckpt_memory["met"]
-    light = out["FishNet-150 ckpt stem+tail+bridge+body4+body3 / FishNet-150, backbone fwd+bwd time"]
-    assert light["value"] == pytest.approx(1.1) and light["met"]  # <= 1.10: 1.1, 1.1, 1.0
-    light_memory = out["FishNet-150 ckpt stem+tail+bridge+body4+body3 / FishNet-150, backbone training peak memory"]
-    assert light_memory["value"] == pytest.approx(0.8) and not light_memory["met"]  # <= 0.70
-    stride4 = out["FishNet-150 ckpt stride4+tail / FishNet-150, backbone fwd+bwd time"]
-    assert stride4["value"] == pytest.approx(1.1) and stride4["met"] is None  # 1.2, 1.1, 1.1: no target
-    compiled = out["FishNet-150 compiled / R-101, backbone fwd+bwd time"]
-    assert compiled["value"] == pytest.approx(0.8) and compiled["met"]  # 0.8, 0.7, 0.9
-    assert out["FishNet-150 compiled / FishNet-150, backbone fwd+bwd time"]["met"] is None
-    assert not any("R-50" in label for label in out)  # not measured: no ratio
+    out = {r["label"]: r["value"] for r in ratios(results)}
+    assert out["FishNet-150 / R-101, backbone fwd+bwd time"] == pytest.approx(0.9)  # 1.0, 0.9, 0.75
+    assert out["FishNet-150 plain / FishNet-150, backbone fwd+bwd time"] == pytest.approx(1.4)  # 1.5, 1.0, 1.4
+    assert out["FishNet-150 ckpt / FishNet-150, backbone fwd+bwd time"] == pytest.approx(1.1)
+    assert out["FishNet-150 ckpt / FishNet-150, backbone training peak memory"] == pytest.approx(0.5)
+    light = "FishNet-150 ckpt stem+tail+bridge+body4+body3 / FishNet-150"
+    assert out[f"{light}, backbone fwd+bwd time"] == pytest.approx(1.1)  # 1.1, 1.1, 1.0
+    assert out[f"{light}, backbone training peak memory"] == pytest.approx(0.8)
+    assert out["FishNet-150 compiled / FishNet-150, backbone fwd+bwd time"] == pytest.approx(0.8)
+    assert not any("R-50" in label or "stride4" in label for label in out)  # not measured: no ratio
 
 
 def test_every_checkpointing_choice_has_a_row():
-    from fishnet_d2.modeling.fishnet import CHECKPOINT_CHOICES
-
     rows = {spec.opts[1] for spec in MODEL_SPECS.values() if spec.opts[:1] == ("MODEL.FISHNET.CHECKPOINT",)}
     assert rows == {True, ("stride4", "tail"), LIGHT_CHECKPOINT, *CHECKPOINT_CHOICES} - {"none", "all"}
     light = parse_models(["fishnet150-ckpt-stem-tail-bridge-body4-body3"])[0]
@@ -97,16 +96,42 @@ def test_every_checkpointing_choice_has_a_row():
     assert MODEL_SPECS["fishnet150-compile"].opts == ("MODEL.FISHNET.COMPILE", "inductor")
 
 
-def test_plain_reference_loads_fishnets_state_dict():
-    from fishnet_d2 import FishNet
+def random_frozen_statistics(model: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for name, buffer in model.state_dict().items():
+        if name.endswith(("running_mean", "bias")):
+            buffer.copy_(torch.randn(buffer.shape, generator=g) * 0.1)
+        elif name.endswith(("running_var", "weight")) and buffer.dim() == 1:
+            buffer.copy_(torch.rand(buffer.shape, generator=g) + 0.5)
 
-    from .common import TINY_ARCH
 
-    fish = FishNet(TINY_ARCH, norm="FrozenBN")
-    plain = PlainFishNet(TINY_ARCH, norm="FrozenBN")
-    plain.load_state_dict(fish.state_dict())  # strict: the same keys and shapes
-    assert all(p.is_contiguous() for p in plain.parameters())  # NCHW, as built
-    assert not any(type(m).__name__.startswith("Fused") for m in plain.modules())
+def test_plain_row_is_fishnet_with_the_same_outputs_and_gradients():
+    """The plain row is the same network (float64, training mode, frozen stem conv), computed
+    without the fast paths: NCHW weights, Detectron2's own FrozenBatchNorm2d, nothing folded."""
+    torch.manual_seed(0)
+    fast = FishNet(TINY_ARCH, norm="FrozenBN", freeze_stem_conv1=True).double()
+    random_frozen_statistics(fast, seed=1)
+    plain = plain_fishnet(fast).double()
+    norms = [m for m in plain.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert norms and all(type(m) is FrozenBatchNorm2d for m in norms)
+    assert all(p.is_contiguous() for p in plain.parameters())  # NCHW
+    assert [p.requires_grad for p in plain.parameters()] == [p.requires_grad for p in fast.parameters()]
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64, requires_grad=True)
+    fast_out, plain_out = fast(x), plain(x)
+    assert list(fast_out) == list(plain_out)
+    for name in fast_out:
+        torch.testing.assert_close(plain_out[name], fast_out[name], rtol=1e-9, atol=1e-9)
+    trained = [p.requires_grad for p in fast.parameters()]
+    assert not all(trained)  # the stem conv is frozen
+    fast_grads = torch.autograd.grad(
+        sum(o.pow(2).sum() for o in fast_out.values()), [x, *(p for p in fast.parameters() if p.requires_grad)]
+    )
+    plain_grads = torch.autograd.grad(
+        sum(o.pow(2).sum() for o in plain_out.values()), [x, *(p for p in plain.parameters() if p.requires_grad)]
+    )
+    assert len(plain_grads) == len(fast_grads) == 1 + sum(trained)
+    for a, b in zip(plain_grads, fast_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_instruction_sets_from_cpuinfo_flags():
@@ -134,47 +159,102 @@ def test_bad_arguments_name_what_is_allowed():
         parse_args(["--device", "gpu"])
     with pytest.raises(ValueError, match="--kinds .*unknown \\['training'\\]; allowed: .*backbone_train"):
         parse_args(["--kinds", "backbone_train", "training"])
+    with pytest.raises(ValueError, match="--write-doc perf.txt: allowed a markdown file"):
+        parse_args(["--write-doc", "perf.txt"])
     assert parse_args(["--kinds", "inference"]).kinds == ["inference"]
     quick = parse_args(["--quick"])
     assert quick.reps == 1 and tuple(quick.size) == (128, 160)
     assert parse_args(["--quick", "--reps", "3"]).reps == 3
 
 
-def test_markdown_table_has_every_model_and_ratio():
-    report = {
-        "environment": {"device": "CPU", "threads": 2, "torch": "t", "detectron2": "d",
-                        "load_min": 0.1, "load_max": 0.5},  # fmt: skip
-        "args": {"size": [512, 640], "det_size": [800, 1216], "batch": 2, "reps": 3, "warmup": 1},
-        "results": {
-            name: {
-                "params": {"backbone": 1e6, "model": 2e6},
-                "flops": {"backbone_size": 1e9},
-                "summary": {"backbone_train": {"median": 1.5}, "inference": {"median": 0.25}},
-                "memory": {"backbone_train": 2**20},
-                "detections": 100,
-            }
-            for name in ("FishNet-150", "R-101")
-        },
-        "ratios": [{"label": "FishNet-150 / R-101, x", "value": 0.9, "target": 1.0, "met": True}],
+def fake_measurement(args):
+    """What benchmark_cli.run returns for ``args`` (parsed, or a command line), for two models,
+    without measuring anything."""
+    args = parse_args(args) if isinstance(args, list) else args
+    results = {
+        name: {
+            "params": {"backbone": 1e6, "model": 2e6},
+            "flops": {"backbone_size": 1e9},
+            "times": {"backbone_train": times, "inference": [0.25, 0.25]},
+            "summary": {"backbone_train": {"median": sum(times) / 2}, "inference": {"median": 0.25}},
+            "memory": {"backbone_train": 2**20},
+            "detections": 100,
+        }
+        for name, times in (("FishNet-150", [1.5, 1.5]), ("R-101", [2.0, 1.0]))
     }
-    report["environment"]["isa"] = "AVX-512, AVX2"
-    report["environment"]["stolen"] = 0.123
-    report["ratios"].append({"label": "A / B, y", "value": 1.5, "target": -1.3, "met": True})
-    report["ratios"].append({"label": "A / C, z", "value": 0.5, "target": None, "met": None})
-    text = markdown(report)
-    assert "| FishNet-150 | 1.50 | 1500.00 | - | 0.25 | 100 | 1 |" in text and "| R-101 |" in text
-    assert "| FishNet-150 / R-101, x | 0.900 | <= 1.0 (met) |" in text
-    assert "| A / B, y | 1.500 | >= 1.3 (met) |" in text and "| A / C, z | 0.500 | - |" in text
-    assert text.startswith("Device: CPU (AVX-512, AVX2); 2 threads")
-    assert "during the rounds, 12.3% of CPU time stolen; medians" in text
+    environment = {"device": "Fake CPU, 2 cores (CPU)", "isa": "AVX-512, AVX2", "threads": 2, "torch": "t",
+                   "detectron2": "d", "load_min": 0.1, "load_max": 0.5, "stolen": 0.123}  # fmt: skip
+    return {"environment": environment, "args": vars(args), "results": results, "ratios": ratios(results)}
+
+
+def test_markdown_has_the_machine_every_model_and_ratio():
+    text = markdown(fake_measurement(["--reps", "2"]))
+    assert text.startswith("Device: Fake CPU, 2 cores (CPU) (AVX-512, AVX2); 2 threads; torch t, detectron2 d")
+    assert "during the rounds, 12.3% of CPU time stolen; medians of 2 rounds after 1 warm-up" in text
+    assert "| FishNet-150 | 1.50 | - | 0.25 | 100 | 1 | - | - |" in text and "| R-101 | 1.50 |" in text
+    assert "| FishNet-150 / R-101, backbone fwd+bwd time | 1.125 |" in text  # rounds: 0.75, 1.5
+    assert "target" not in text and "met" not in text
+
+
+def test_a_run_writes_its_command_and_tables_into_the_document(tmp_path, monkeypatch):
+    """--write-doc: the generated part of the document is the run's command, machine and
+    tables; the explanations around it are kept; the data goes beside it."""
+    monkeypatch.setattr(benchmark_cli, "run", fake_measurement)
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# Performance\n\nHow to read it.\n\n{DOC_BEGIN}\nan older run\n{DOC_END}\n\nMore text.\n")
+    argv = ["--reps", "2", "--models", "fishnet150", "r101", "--output", str(tmp_path / "out"), "--write-doc", str(doc)]
+    main(argv)
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nHow to read it.\n\n" + DOC_BEGIN) and text.endswith(f"{DOC_END}\n\nMore text.\n")
+    assert "an older run" not in text
+    command = "python tools/benchmark.py --reps 2 --models fishnet150 r101 --output " + str(tmp_path / "out")
+    assert f"```bash\n{command} --write-doc {doc}\n```" in text
+    assert "Device: Fake CPU, 2 cores (CPU) (AVX-512, AVX2); 2 threads" in text
+    assert "| FishNet-150 / R-101, backbone fwd+bwd time | 1.125 |" in text
+    (saved,) = json.loads(doc.with_suffix(".json").read_text())
+    assert saved["command"].startswith(command) and saved["results"]["R-101"]["times"]["backbone_train"] == [2.0, 1.0]
+    assert json.loads((tmp_path / "out" / "benchmark.json").read_text())["command"] == saved["command"]
+
+    # Regenerated from the saved data without measuring: the same document.
+    monkeypatch.setattr(benchmark_cli, "run", None)
+    main(["--from-json", str(doc.with_suffix(".json")), "--write-doc", str(doc)])
+    assert doc.read_text() == text
+
+
+def test_a_new_document_holds_the_generated_part_and_a_bad_one_is_left_alone(tmp_path):
+    report = {"command": "python tools/benchmark.py --quick", **fake_measurement(["--quick"])}
+    new = tmp_path / "new.md"
+    write_doc(new, [report, report])
+    text = new.read_text()
+    assert text.startswith(DOC_BEGIN) and text.endswith(DOC_END + "\n")
+    assert "### Run 1" in text and "### Run 2" in text
+    assert load_reports([str(new.with_suffix(".json"))]) == json.loads(json.dumps([report, report]))
+
+    bad = tmp_path / "bad.md"
+    bad.write_text("# Performance, without the generated part's markers\n")
+    with pytest.raises(ValueError, match="must have one line .*generated by tools/benchmark.py"):
+        write_doc(bad, [report])
+    assert bad.read_text() == "# Performance, without the generated part's markers\n"
+    assert not bad.with_suffix(".json").exists()
+    (tmp_path / "partial.json").write_text(json.dumps({"results": {}}))
+    with pytest.raises(ValueError, match="partial.json: a run without \\['command', 'environment'"):
+        load_reports([str(tmp_path / "partial.json")])
+
+
+def test_the_performance_document_is_what_the_benchmark_generates(tmp_path):
+    """docs/performance.md's tables are the ones tools/benchmark.py writes from the runs saved
+    beside it (docs/performance.json): nobody edited a figure by hand."""
+    doc = tmp_path / "performance.md"
+    doc.write_text((REPO / "docs" / "performance.md").read_text())
+    write_doc(doc, load_reports([str(REPO / "docs" / "performance.json")]))
+    assert doc.read_text() == (REPO / "docs" / "performance.md").read_text()
 
 
 @pytest.fixture(scope="module")
 def random_tiny_detector():
-    """A tiny FishNet Mask R-CNN with random weights, as the benchmark builds its detectors."""
+    """A Mask R-CNN FPN from the configs' base on TINY_ARCH with random weights, as the
+    benchmark builds its detectors (80 classes, Detectron2's proposal counts)."""
     from detectron2.modeling import build_model
-
-    from .common import fishnet_cfg, use_tiny_arch
 
     cfg = fishnet_cfg()
     cfg.merge_from_file(str(REPO / "configs/Base-RCNN-FishNet-FPN.yaml"))

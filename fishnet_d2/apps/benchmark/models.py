@@ -2,8 +2,7 @@
 inputs it feeds them."""
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2 import model_zoo
@@ -15,18 +14,27 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from torch import nn
 
 from fishnet_d2 import FISHNET_VARIANTS, FishNet, add_fishnet_config
+from fishnet_d2 import model_zoo as fishnet_model_zoo
 
-from .reference import PlainFishNet
-
-__all__ = ["ModelSpec", "MODEL_SPECS", "LIGHT_CHECKPOINT", "parse_models", "build_detector", "imagenet_classifier"]
-
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "ModelSpec",
+    "MODEL_SPECS",
+    "LIGHT_CHECKPOINT",
+    "parse_models",
+    "build_detector",
+    "plain_fishnet",
+    "calibrate_norms",
+    "calibrate_detections",
+    "imagenet_classifier",
+    "inference_input",
+    "training_batch",
+]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A Mask R-CNN FPN the benchmark builds: from ``config`` (a file of this repository or a
-    ``model_zoo:`` path) with ``opts`` on top."""
+    """A Mask R-CNN FPN the benchmark builds: from ``config`` (the name of a fishnet_d2 config,
+    or ``model_zoo:`` and the name of a Detectron2 one) with ``opts`` on top."""
 
     name: str
     config: str
@@ -36,7 +44,7 @@ class ModelSpec:
     depth: int = 150
     # Measured only in training (activation checkpointing changes nothing in inference).
     training_only: bool = False
-    # True: the detector's FishNet replaced by the plain eager reference (reference.py), with
+    # True: the detector's FishNet rebuilt with every fast path off (:func:`plain_fishnet`), with
     # the same weights: what fishnet_d2's fast paths are measured against.
     plain_reference: bool = False
     # The same network as another row, compiled (MODEL.FISHNET.COMPILE): FLOPs not counted again
@@ -45,7 +53,7 @@ class ModelSpec:
 
 
 def _fishnet(depth: int) -> ModelSpec:
-    config = f"configs/COCO-InstanceSegmentation/mask_rcnn_fishnet{depth}_FPN_3x.yaml"
+    config = f"COCO-InstanceSegmentation/mask_rcnn_fishnet{depth}_FPN_3x.yaml"
     return ModelSpec(f"FishNet-{depth}", config, family="fishnet", depth=depth)
 
 
@@ -79,7 +87,7 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
     ),
 }
 # The MODEL.FISHNET.CHECKPOINT for a larger batch at little cost: the stages whose recomputation
-# costs the least time per MB of memory it saves (README.md, "Performance", measures each stage).
+# costs the least time per MB of memory it saves (docs/performance.md, "Activation checkpointing").
 LIGHT_CHECKPOINT = ("stem", "tail", "bridge", "body4", "body3")
 # One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt"),
 # the pair ["stride4", "tail"] (the least memory for less than "all"'s time) and LIGHT_CHECKPOINT.
@@ -107,7 +115,7 @@ def detector_config(spec: ModelSpec, device: str, opts: Sequence[str] = ()) -> C
     if spec.config.startswith("model_zoo:"):
         cfg.merge_from_file(model_zoo.get_config_file(spec.config[len("model_zoo:") :]))
     else:
-        cfg.merge_from_file(str(REPO / spec.config))
+        cfg.merge_from_file(fishnet_model_zoo.get_config_file(spec.config))
     cfg.merge_from_list(list(spec.opts) + list(opts))
     cfg.MODEL.WEIGHTS = ""  # random weights: time and memory do not depend on their values
     cfg.MODEL.DEVICE = device
@@ -119,15 +127,29 @@ def build_detector(spec: ModelSpec, device: str, opts: Sequence[str] = ()) -> nn
     torch.manual_seed(0)
     model = build_model(detector_config(spec, device, opts))
     if spec.plain_reference:
-        fishnet = model.backbone.bottom_up
-        plain = PlainFishNet(fishnet.arch, norm="FrozenBN", out_features=fishnet._out_features)
-        plain.load_state_dict(fishnet.state_dict())
-        for p, q in zip(plain.parameters(), fishnet.parameters()):  # the frozen stem conv too
-            p.requires_grad_(q.requires_grad)
-        model.backbone.bottom_up = plain.to(device)
+        model.backbone.bottom_up = plain_fishnet(model.backbone.bottom_up).to(device)
     images = [{"image": image} for image in random_images(2, 256, 320, seed=0, device=device)]
     calibrate_norms(model.backbone.bottom_up, model.preprocess_image(images).tensor)
     return model
+
+
+def plain_fishnet(fishnet: FishNet, norm: Any = FrozenBatchNorm2d) -> FishNet:
+    """``fishnet``'s network, weights and frozen parameters with every fast path off: NCHW
+    (``channels_last=False``) and Detectron2's own ``FrozenBatchNorm2d`` (``norm``), which
+    fishnet_d2 neither folds into the conv before it nor computes as one fused multiply-add.
+    What stays: the ReLUs that run in place. The same features as ``fishnet``'s (tested)."""
+    plain = FishNet(
+        fishnet.arch,
+        in_channels=fishnet.in_channels,
+        norm=norm,
+        out_features=list(fishnet.output_shape()),
+        num_classes=fishnet.num_classes,
+        channels_last=False,
+    )
+    plain.load_state_dict(fishnet.state_dict())
+    for p, q in zip(plain.parameters(), fishnet.parameters()):  # frozen stages and stem conv
+        p.requires_grad_(q.requires_grad)
+    return plain
 
 
 def calibrate_norms(backbone: nn.Module, images: torch.Tensor) -> None:
@@ -137,7 +159,19 @@ def calibrate_norms(backbone: nn.Module, images: torch.Tensor) -> None:
     head of a random FishNet-150 reaches ~1e3, R-50's res5 ~20), unlike a trained model's; the
     RPN then proposes degenerate boxes, and the heads' work would not be a trained model's.
     Statistics set in execution order (a pre-hook per FrozenBN) keep every feature at unit scale.
+    A FishNet computes some FrozenBNs inside the conv before them, without calling the norm: its
+    statistics are set on :func:`plain_fishnet`'s copy, which calls every norm, and loaded back.
     """
+    if isinstance(backbone, FishNet):
+        plain = plain_fishnet(backbone).to(images.device)
+        calibrate_norms_in_order(plain, images)
+        backbone.load_state_dict(plain.state_dict())
+    else:
+        calibrate_norms_in_order(backbone, images)
+
+
+def calibrate_norms_in_order(backbone: nn.Module, images: torch.Tensor) -> None:
+    """:func:`calibrate_norms` for a backbone that calls each of its FrozenBNs."""
 
     def set_statistics(norm: FrozenBatchNorm2d, inputs) -> None:
         x = inputs[0]
@@ -146,26 +180,17 @@ def calibrate_norms(backbone: nn.Module, images: torch.Tensor) -> None:
 
     norms = [m for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
     hooks = [norm.register_forward_pre_hook(set_statistics) for norm in norms]
-    # A FishNet folds a FrozenBN that follows a conv into the conv (blocks.folds_into_conv): the
-    # norm module is not called, nor its hook. Unfolded while calibrating, then decided again.
-    folding = [m for m in backbone.modules() if hasattr(m, "decide_folding")]
-    for module in folding:
-        for name in [n for n in vars(module) if n.startswith("fold_norm")]:
-            setattr(module, name, False)
     with torch.no_grad():
         backbone(images)
     for hook in hooks:
         hook.remove()
-    for module in folding:
-        module.decide_folding()
 
 
 def imagenet_classifier(spec: ModelSpec) -> nn.Module:
     """The ImageNet model (1000 classes, BatchNorm) of the same backbone: the paper's FLOPs."""
-    if spec.family == "fishnet" and spec.plain_reference:
-        return PlainFishNet(FISHNET_VARIANTS[spec.depth], norm="BN", num_classes=1000, out_features=["linear"])
     if spec.family == "fishnet":
-        return FishNet(FISHNET_VARIANTS[spec.depth], norm="BN", num_classes=1000)
+        classifier = FishNet(FISHNET_VARIANTS[spec.depth], norm="BN", num_classes=1000)
+        return plain_fishnet(classifier, norm="BN") if spec.plain_reference else classifier
     stages = ResNet.make_default_stages(spec.depth, norm="BN")
     return ResNet(BasicStem(3, 64, norm="BN"), stages, num_classes=1000)  # output: "linear"
 
