@@ -10,7 +10,7 @@ import fishnet_d2  # noqa: F401  (registers the backbones)
 from fishnet_d2 import FishNet
 from fishnet_d2.modeling.blocks import FusedFrozenBatchNorm2d
 
-from .common import ALL_FEATURES, TINY_ARCH, assert_scripted_equals_eager, fishnet_cfg, use_tiny_arch
+from .support import ALL_FEATURES, TINY_ARCH, assert_scripted_equals_eager, fishnet_cfg, use_tiny_arch
 
 def tiny_fishnet(**kwargs) -> FishNet:
     kwargs.setdefault("out_features", ALL_FEATURES)
@@ -46,6 +46,39 @@ def test_official_output_shapes_table():
         "head2": (320, 4), "head3": (832, 8), "head4": (1600, 16), "head5": (2112, 32),
     }  # fmt: skip
     assert {k: (s.channels, s.stride) for k, s in model.output_shape().items()} == expected
+
+
+@pytest.mark.parametrize("num_stages", [2, 4])
+def test_stage_count_sets_names_strides_and_divisibility(num_stages):
+    """With n stages per part the tail goes down to stride 2**(2+n), the body back up to 4 and the
+    head down again; the features are named by part and log2 of their stride."""
+    n = num_stages
+    arch = fishnet_d2.fishnet_arch(
+        0,
+        stem_channels=16,
+        tail_channels=(32,) * n,
+        body_channels=(32,) * n,
+        head_channels=(16,) * n,
+        tail_blocks=(1,) * n,
+        bridge_blocks=1,
+        body_blocks=(1,) * n,
+        head_blocks=(1,) * n,
+        body_transfer_blocks=(1,) * n,
+        head_transfer_blocks=(1,) * n,
+        body_dilations=(1,) * n,
+    )
+    down = [f"tail{level}" for level in range(3, 3 + n)]
+    up = [f"body{level}" for level in range(1 + n, 1, -1)]
+    head = [f"head{level}" for level in range(2, 3 + n)]
+    model = FishNet(arch, out_features=["stem", *down, "bridge", *up, *head]).eval()
+    size = 2 ** (2 + n)
+    assert model.size_divisibility == size
+    assert [s.name for s in model.stages()] == ["stem", *down, "bridge", *up, *head[1:]]
+    with torch.no_grad():
+        outputs = model(torch.rand(1, 3, 2 * size, size))
+    for name, shape in model.output_shape().items():
+        assert outputs[name].shape == (1, shape.channels, 2 * size // shape.stride, size // shape.stride), name
+        assert shape.stride == (size if name == "bridge" else 4 if name == "stem" else 2 ** int(name[4:])), name
 
 
 def test_fpn_backbones_use_head_features():

@@ -5,7 +5,7 @@ import pytest
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-from .common import fishnet_cfg, use_tiny_arch
+from .support import fishnet_cfg, use_tiny_arch
 
 
 def official(**changes):
@@ -44,8 +44,8 @@ CASES = [
     ("dilations count", official(**{"MODEL.FISHNET.BODY_DILATIONS": [1, 2]}), ["MODEL.FISHNET.BODY_DILATIONS=(1, 2)", "3 positive integers"]),
     ("dilation zero", official(**{"MODEL.FISHNET.BODY_DILATIONS": [1, 0, 4]}), ["MODEL.FISHNET.BODY_DILATIONS=(1, 0, 4)", "positive integers"]),
     ("group width negative", official(**{"MODEL.FISHNET.GROUP_WIDTH": -4}), ["MODEL.FISHNET.GROUP_WIDTH=-4", "allowed 0 (FishNet: no grouping)", "4d: 4"]),
-    ("group width not dividing", official(**{"MODEL.FISHNET.GROUP_WIDTH": 3}), ["MODEL.FISHNET.GROUP_WIDTH=3", "tail blocks of width 128 run at stride 4", "MODEL.FISHNET.GROUP_WIDTH * 1 = 3 channels", "64 bottleneck channels", "Allowed: 0 (no grouping) or, for these widths, [1, 2, 4, 8]"]),
-    ("group width too wide for tiny", tiny(**{"MODEL.FISHNET.GROUP_WIDTH": 4}), ["MODEL.FISHNET.GROUP_WIDTH=4", "body blocks of width 48 run at stride 16", "MODEL.FISHNET.GROUP_WIDTH * 4 = 16 channels", "[1, 2]"]),
+    ("group width not dividing", official(**{"MODEL.FISHNET.GROUP_WIDTH": 3}), ["MODEL.FISHNET.GROUP_WIDTH=3", "groups of 3 channels", "must divide the block's 64 bottleneck channels (128 out_channels / 2)", "allowed: 0 (no grouping)"]),
+    ("group width too wide for tiny", tiny(**{"MODEL.FISHNET.GROUP_WIDTH": 4}), ["MODEL.FISHNET.GROUP_WIDTH=4", "groups of 16 channels", "double with each halving of the resolution", "24 bottleneck channels (48 out_channels / 2)"]),
     ("unknown downsample", official(**{"MODEL.FISHNET.DOWNSAMPLE": "stride2"}), ["MODEL.FISHNET.DOWNSAMPLE='stride2'", "allowed ['max2', 'max3', 'avg2', 'conv']"]),
     ("unknown dilated parts", official(**{"MODEL.FISHNET.DILATED_PARTS": "head"}), ["MODEL.FISHNET.DILATED_PARTS='head'", "allowed ['body', 'body+head', 'none']"]),
     ("unknown norm", tiny(**{"MODEL.FISHNET.NORM": "LayerNormX"}), ["MODEL.FISHNET.NORM='LayerNormX'", "FrozenBN", "GN"]),

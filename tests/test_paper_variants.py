@@ -18,11 +18,20 @@ from torch import nn
 
 from fishnet_d2 import FISHNET_VARIANTS, FISHNEXT_VARIANTS, FishNet, FishNetArch, fishnet_arch
 from fishnet_d2.modeling import InvalidValue, fishnet_arch_from_config, fishnet_arch_to_config
+from fishnet_d2.modeling.arch import VARIANT_OPTIONS
 from fishnet_d2.modeling.blocks import GroupedPreActBottleneck, PreActBottleneck, PreActProjection
 from fishnet_d2.solver import build_optimizer
 
-from .common import ALL_FEATURES, REPO, TINY_ARCH, assert_scripted_equals_eager, fishnet_cfg, use_tiny_arch
-from .synthetic_inputs import shrink_config, synthetic_batch
+from .support import (
+    ALL_FEATURES,
+    REPO,
+    TINY_ARCH,
+    assert_scripted_equals_eager,
+    fishnet_cfg,
+    shrink_config,
+    synthetic_batch,
+    use_tiny_arch,
+)
 
 FISHNET150 = FISHNET_VARIANTS[150]
 FISHNEXT150 = FISHNEXT_VARIANTS[150]
@@ -49,8 +58,10 @@ def state_dict_shapes(arch: FishNetArch) -> Dict[str, torch.Size]:
 
 
 def test_defaults_are_the_official_model():
-    arch = FishNetArch()
-    assert (arch.group_width, arch.downsample, arch.dilated_parts) == (0, "max2", "body")
+    """FishNetArch's defaults for the options the paper varies are the official model's, and so
+    are MODEL.FISHNET's keys made from them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(FishNetArch) if f.name in VARIANT_OPTIONS}
+    assert defaults == {"body_dilations": (1, 2, 4), "group_width": 0, "downsample": "max2", "dilated_parts": "body"}
     assert fishnet_arch_from_config(fishnet_cfg()) == FISHNET150
     counts = {depth: num_parameters(arch) for depth, arch in FISHNET_VARIANTS.items()}
     assert counts == {99: 16_628_904, 150: 24_959_400, 201: 44_584_552}
@@ -303,14 +314,19 @@ def test_lazyconfig_rule_takes_the_options():
 
 
 def test_group_width_must_divide_every_bottleneck():
-    with pytest.raises(InvalidValue) as error:
-        dataclasses.replace(TINY_ARCH, group_width=4)
-    assert error.value.name == "group_width"
-    assert "body blocks of width 48 run at stride 16" in str(error.value)
-    assert "groups have group_width * 4 = 16 channels" in str(error.value)
-    assert "or, for these widths, [1, 2]" in str(error.value)
-    with pytest.raises(InvalidValue, match="group_width=3: must divide the block's 16 bottleneck"):
-        GroupedPreActBottleneck(32, 32, group_width=3, shortcut=nn.Identity())
+    """Each block checks its group width; a FishNet says it in terms of its arch's group width.
+    TINY_ARCH with 4: body3's blocks (48 wide, at stride 16) get groups of 16 for 24 channels."""
+    with pytest.raises(InvalidValue) as error, torch.device("meta"):
+        FishNet(dataclasses.replace(TINY_ARCH, group_width=4))
+    assert (error.value.name, error.value.value) == ("group_width", 4)
+    assert "groups of 16 channels" in str(error.value)
+    assert "must divide the block's 24 bottleneck channels (48 out_channels / 2)" in str(error.value)
+    with torch.device("meta"):
+        FishNet(dataclasses.replace(TINY_ARCH, group_width=2))  # fits every block
+    # 6 would make 2 groups of 8 in a 16-channel bottleneck: refused, not rounded.
+    for group_width in (3, 6):
+        with pytest.raises(InvalidValue, match=f"group_width={group_width}: must divide the block's 16 bottleneck"):
+            GroupedPreActBottleneck(32, 32, group_width=group_width, shortcut=nn.Identity())
 
 
 @pytest.mark.parametrize(
@@ -323,9 +339,19 @@ def test_group_width_must_divide_every_bottleneck():
     ],
 )
 def test_invalid_options(field, value, message):
-    with pytest.raises(InvalidValue) as error:
-        fishnet_arch(150, **{field: value})
+    with pytest.raises(InvalidValue) as error, torch.device("meta"):
+        FishNet(fishnet_arch(150, **{field: value}))
     assert error.value.name == field and message in str(error.value)
+
+
+def test_config_keys_are_the_arch_fields():
+    """MODEL.FISHNET holds one key per FishNetArch field (the options the paper varies, and ARCH),
+    each field described once, in the field."""
+    fish = fishnet_cfg().MODEL.FISHNET
+    arch_fields = dataclasses.fields(FishNetArch)
+    keys = {key for key in fish if key.lower() in VARIANT_OPTIONS} | set(fish.ARCH)
+    assert keys == {f.name.upper() for f in arch_fields}
+    assert all(len(f.metadata["doc"]) > 20 for f in arch_fields)
 
 
 # --- the configs ----------------------------------------------------------------------------------

@@ -12,45 +12,47 @@ __all__ = [
     "FISHNET_VARIANTS",
     "FISHNEXT_VARIANTS",
     "VARIANT_OPTIONS",
-    "DOWNSAMPLINGS",
     "DILATED_PARTS",
     "fishnet_arch",
+    "feature_name",
+    "official_body_dilations",
 ]
 
-# How tail and head stages halve the resolution (paper, sec. 3.2 and 4.3, Table 2):
-#   "max2": 2x2 max-pool, stride 2 (the paper's choice and the official model's),
-#   "max3": 3x3 max-pool, stride 2, padding 1 (overlapping windows),
-#   "avg2": 2x2 average pool, stride 2,
-#   "conv": the last residual block of the stage carries the stride (its 3x3 conv has stride 2,
-#           its shortcut is a strided 1x1 conv), in the tail and in the head (Table 2, footnote).
-DOWNSAMPLINGS = ("max2", "max3", "avg2", "conv")
 # Where the refining blocks are dilated (paper, sec. 4.3, "Dilated convolution"):
 #   "body": the body's refining blocks M, by body_dilations (the official model),
 #   "body+head": also the head's refining blocks, the body's rates mirrored (see head_refine_dilations),
 #   "none": no dilation anywhere (body_dilations is then unused).
 DILATED_PARTS = ("body", "body+head", "none")
-# FishNetArch's fields that are not positive integers (FishNetArch._check_choices checks them).
+# FishNetArch's fields that are not positive integers (checked each on its own).
 _CHOICES = ("group_width", "downsample", "dilated_parts")
+# The stem's output level (log2 of its stride): a stride-2 conv, then a stride-2 max-pool.
+_STEM_LEVEL = 2
 
 
-def _group_width_at(group_width: int, level: int) -> int:
-    """FishNeXt's group width at stride ``2**level`` for ``group_width`` at stride 4 (0: none).
+def official_body_dilations(num_stages: int) -> Tuple[int, ...]:
+    """The official model's dilation of each body stage's refining blocks: 1, 2, 4, ... (``2**i``
+    in body stage ``i``; paper, sec. 3.2 and 4.3: "we adopt dilated convolution in the fish body").
+    Dilation leaves no trace in the weights: an official checkpoint is read with these."""
+    return tuple(2**i for i in range(num_stages))
 
-    The paper (sec. 4.2): "the number of channels in a group for each block (UR/DR block and
-    transfer block) of the same stage should be the same. The width of a single group will be
-    doubled once the stage index increase by 1". Its stage index ``s`` is the resolution (eq. 5-9
-    concatenate tail, body and head features of the same ``s``), so the group width follows the
-    resolution, as in ResNeXt (4d at stride 4, 8d at 8, 16d at 16, 32d at 32): the smallest group,
-    at stride 4 (the stem's output, where the first blocks run), has ``group_width`` channels
-    ("4d ... the minimum number of channels for a single group is 4"). The stem's convs are not
-    residual blocks and stay ungrouped, as ResNeXt's stem.
-    """
-    return group_width * 2 ** (level - 2)
+
+def feature_name(part: str, level: int) -> str:
+    """The name of a stage's output feature: its part ("stem", "tail", "bridge", "body", "head")
+    and ``level``, log2 of its stride ("tail3", "body2", "head5"). The stem and the bridge are
+    one stage each and keep their part's name."""
+    return part if part in ("stem", "bridge") else f"{part}{level}"
+
+
+def _field(doc: str, **default: Any) -> Any:
+    """A FishNetArch field and what it means: ``doc`` is its one description, which
+    ``MODEL.FISHNET``'s keys made from the fields (:func:`~fishnet_d2.config.add_fishnet_config`)
+    point at. ``default``: ``default=value`` or nothing (the field must be given)."""
+    return dataclasses.field(metadata={"doc": doc}, **default)
 
 
 @dataclass(frozen=True)
 class FishNetArch:
-    """Widths and depths of a FishNet.
+    """Widths and depths of a FishNet, and where its stages run.
 
     A FishNet has ``n`` tail stages (strides 4->8->...), a bridge at the lowest resolution, ``n``
     body stages (UR-blocks, back up to stride 4) and ``n`` head stages (DR-blocks, down again).
@@ -61,31 +63,52 @@ class FishNetArch:
     The official constructor's ``network_planes`` is
     ``[stem_channels, *tail_channels, tail_channels[-1], *body_channels, *head_channels]``
     and its ``num_res_blks`` is ``[*tail_blocks, bridge_blocks, *body_blocks, *head_blocks]``.
+    Each field's ``doc`` (``dataclasses.fields(FishNetArch)[i].metadata["doc"]``) says what it is;
+    ``MODEL.FISHNET``'s keys are made from the fields.
     """
 
-    stem_channels: int = 64
-    tail_channels: Tuple[int, ...] = (128, 256, 512)
-    body_channels: Tuple[int, ...] = (512, 384, 256)
-    head_channels: Tuple[int, ...] = (320, 832, 1600)
-    tail_blocks: Tuple[int, ...] = (2, 2, 6)
-    bridge_blocks: int = 2
-    body_blocks: Tuple[int, ...] = (1, 1, 1)
-    head_blocks: Tuple[int, ...] = (1, 2, 2)
-    body_transfer_blocks: Tuple[int, ...] = (1, 1, 1)
-    head_transfer_blocks: Tuple[int, ...] = (1, 1, 4)
-    # The official model dilates the body's refining blocks 1, 2, 4 (paper, sec. 3.2 and 4.3:
-    # "we adopt dilated convolution in the fish body"); transfer blocks and the head are not dilated.
-    # dilated_parts says where dilation applies (body_refine_dilations, head_refine_dilations).
-    body_dilations: Tuple[int, ...] = (1, 2, 4)
-    # FishNeXt (paper, sec. 4.2 and Table 1): 0 is FishNet's plain bottleneck; g > 0 makes every
-    # residual block ResNeXt's grouped bottleneck (blocks.GroupedPreActBottleneck), in groups of g
-    # channels at stride 4 and twice as many with each halving of the resolution (_group_width_at).
-    # FishNeXt-150 (4d): 4.
-    group_width: int = 0
-    # One of DOWNSAMPLINGS: how tail and head stages halve the resolution (paper, Table 2).
-    downsample: str = "max2"
-    # One of DILATED_PARTS: where the refining blocks are dilated (paper, sec. 4.3).
-    dilated_parts: str = "body"
+    stem_channels: int = _field("Width of the stem's output (its first two convs have half of it).")
+    tail_channels: Tuple[int, ...] = _field("Width of each tail stage (the bridge keeps the last one).")
+    body_channels: Tuple[int, ...] = _field(
+        "Width of each body stage's refined map (before concatenation with the tail); each must "
+        "divide the channels entering its stage (channel-wise summation, paper eq. 8)."
+    )
+    head_channels: Tuple[int, ...] = _field(
+        "Width of each head stage's refined map (before concatenation with the body)."
+    )
+    tail_blocks: Tuple[int, ...] = _field("Residual blocks in each tail stage.")
+    bridge_blocks: int = _field("Residual blocks in the bridge.")
+    body_blocks: Tuple[int, ...] = _field("Residual blocks (M) in each body stage.")
+    head_blocks: Tuple[int, ...] = _field("Residual blocks (M) in each head stage.")
+    body_transfer_blocks: Tuple[int, ...] = _field("Transfer blocks (T) in each body stage.")
+    head_transfer_blocks: Tuple[int, ...] = _field("Transfer blocks (T) in each head stage.")
+    body_dilations: Tuple[int, ...] = _field(
+        "Dilation of the body's refining blocks, one per body stage; the official model's are "
+        "1, 2, 4 (paper, sec. 3.2 and 4.3). Transfer blocks are not dilated; dilated_parts says "
+        "where these rates apply.",
+        default=official_body_dilations(3),
+    )
+    group_width: int = _field(
+        "FishNeXt (paper, sec. 4.2, Table 1): > 0 makes every residual block ResNeXt's grouped "
+        "bottleneck, with groups of group_width channels at stride 4, doubling with each halving "
+        "of the resolution; FishNeXt-150 (4d) is FishNet-150 with 4. 0: FishNet's ungrouped blocks "
+        "(the official model).",
+        default=0,
+    )
+    downsample: str = _field(
+        "How the tail and the head halve the resolution (the paper's Table 2): 'max2' (2x2 "
+        "max-pool, stride 2: the paper's choice and the official model), 'max3' (3x3 max-pool, "
+        "stride 2), 'avg2' (2x2 average pool, stride 2) or 'conv' (the last residual block of "
+        "each tail and head stage has stride 2 and a strided 1x1 conv on its shortcut, weights the "
+        "official checkpoints do not hold).",
+        default="max2",
+    )
+    dilated_parts: str = _field(
+        "Where the refining blocks are dilated (the paper's dilation ablation, sec. 4.3): 'body' "
+        "(the official model: body_dilations), 'body+head' (the head too, with the body's rates "
+        "mirrored: 4, 2, 1 for FishNet-150's head) or 'none' (body_dilations unused).",
+        default="body",
+    )
 
     def __post_init__(self) -> None:
         n = len(self.tail_channels)
@@ -119,13 +142,6 @@ class FishNetArch:
                     f"reduces by channel-wise summation (paper, eq. 8); allowed: divisors of {c_in}",
                     index=i,
                 )
-        self._check_choices()
-
-    def _check_choices(self) -> None:
-        """The FishNeXt and ablation fields: names from their lists, and a group width whose
-        group at each stride divides the bottleneck of every block that runs there."""
-        if self.downsample not in DOWNSAMPLINGS:
-            raise InvalidValue("downsample", self.downsample, f"allowed {list(DOWNSAMPLINGS)}")
         if self.dilated_parts not in DILATED_PARTS:
             raise InvalidValue("dilated_parts", self.dilated_parts, f"allowed {list(DILATED_PARTS)}")
         g = self.group_width
@@ -133,81 +149,65 @@ class FishNetArch:
             raise InvalidValue(
                 "group_width", g, "allowed 0 (FishNet: no grouping) or a positive integer (FishNeXt; the paper's 4d: 4)"
             )
-        misfit = self._group_misfit(g)
-        if misfit:
-            fitting = [w for w in range(1, min(self.tail_channels) + 1) if not self._group_misfit(w)]
-            raise InvalidValue(
-                "group_width",
-                g,
-                f"{misfit}. Allowed: 0 (no grouping) or, for these widths, {fitting}",
-            )
+        # downsample is checked where it is used, by the stages (stages.DOWNSAMPLINGS), and the
+        # group width of each block by that block (blocks.GroupedPreActBottleneck).
 
-    def _group_misfit(self, group_width: int) -> str:
-        """Why ``group_width`` does not fit the residual blocks' bottlenecks ("" where it does)."""
-        if group_width == 0:
-            return ""
-        for part, widths, levels in self._residual_block_sites():
-            for width, level in zip(widths, levels):
-                bottleneck, group = width // 2, _group_width_at(group_width, level)
-                if bottleneck % group:
-                    return (
-                        f"the {part} blocks of width {width} run at stride {2**level}, where groups have "
-                        f"{{group_width}} * {2 ** (level - 2)} = {group} channels, which do not divide their "
-                        f"{bottleneck} bottleneck channels (width / 2)"
-                    )
-        return ""
-
-    def _residual_block_sites(self) -> Tuple[Tuple[str, Tuple[int, ...], Tuple[int, ...]], ...]:
-        """``(part, widths, levels)``: the output width of each stage's residual blocks and the
-        level (log2 of the stride) at which they run."""
-        return (
-            ("tail", self.tail_channels, self._tail_levels),
-            ("bridge", (self.tail_channels[-1],), (self._bridge_level,)),
-            ("body", self.body_channels, self._body_refine_levels),
-            ("body transfer", self.body_lateral_channels, self._body_transfer_levels),
-            ("head", self.head_channels, self._head_refine_levels),
-            ("head transfer", self.head_lateral_channels, self._head_transfer_levels),
-        )
-
-    # Levels (log2 of the stride) at which each stage's residual blocks run, i.e. their input's.
-    # The tail's blocks run before its down-sampling (stride 4 for the first stage), the bridge's
-    # at the lowest resolution; a body stage refines its input before up-sampling and transfers
-    # the tail feature at its output resolution; a head stage refines its input before
-    # down-sampling and transfers the body feature at its output resolution.
+    # Levels: log2 of a feature's stride. The stem (a stride-2 conv, then a stride-2 max-pool)
+    # ends at level 2; each tail stage halves the resolution, down to the bridge's level; each
+    # body stage doubles it, back up to the stem's; each head stage halves it again.
 
     @property
-    def _tail_levels(self) -> Tuple[int, ...]:
-        return tuple(range(2, 2 + self.num_stages))
+    def stem_level(self) -> int:
+        return _STEM_LEVEL
 
     @property
-    def _bridge_level(self) -> int:
-        return 2 + self.num_stages
+    def tail_levels(self) -> Tuple[int, ...]:
+        """The output level of each tail stage."""
+        return tuple(range(self.stem_level + 1, self.bridge_level + 1))
+
+    @property
+    def bridge_level(self) -> int:
+        """The lowest resolution's: inputs must be multiples of ``2**bridge_level``."""
+        return self.stem_level + self.num_stages
+
+    @property
+    def body_levels(self) -> Tuple[int, ...]:
+        """The output level of each body stage."""
+        return tuple(range(self.bridge_level - 1, self.stem_level - 1, -1))
+
+    @property
+    def head_levels(self) -> Tuple[int, ...]:
+        """The output level of each head stage. The first head stage's refined map (before it
+        down-samples) is the head's feature at the last body stage's level."""
+        return tuple(range(self.stem_level + 1, self.bridge_level + 1))
+
+    # The levels at which each stage's residual blocks run, i.e. their input's. A tail stage's
+    # blocks run before its down-sampling; a body stage refines its input before up-sampling and
+    # transfers the tail feature at its output level; a head stage refines its input before
+    # down-sampling and transfers the body feature at its output level.
+
+    @property
+    def _tail_block_levels(self) -> Tuple[int, ...]:
+        return tuple(level - 1 for level in self.tail_levels)
 
     @property
     def _body_refine_levels(self) -> Tuple[int, ...]:
-        return tuple(range(2 + self.num_stages, 2, -1))
-
-    @property
-    def _body_transfer_levels(self) -> Tuple[int, ...]:
-        return tuple(range(1 + self.num_stages, 1, -1))
+        return tuple(level + 1 for level in self.body_levels)
 
     @property
     def _head_refine_levels(self) -> Tuple[int, ...]:
-        return tuple(range(2, 2 + self.num_stages))
-
-    @property
-    def _head_transfer_levels(self) -> Tuple[int, ...]:
-        return tuple(range(3, 3 + self.num_stages))
+        return tuple(level - 1 for level in self.head_levels)
 
     # The group width of each stage's blocks (group_width_at their level); 0: not grouped.
+    # Transfer blocks run at their stage's output level.
 
     @property
     def tail_group_widths(self) -> Tuple[int, ...]:
-        return tuple(self.group_width_at(level) for level in self._tail_levels)
+        return tuple(self.group_width_at(level) for level in self._tail_block_levels)
 
     @property
     def bridge_group_width(self) -> int:
-        return self.group_width_at(self._bridge_level)
+        return self.group_width_at(self.bridge_level)
 
     @property
     def body_group_widths(self) -> Tuple[int, ...]:
@@ -216,7 +216,7 @@ class FishNetArch:
 
     @property
     def body_transfer_group_widths(self) -> Tuple[int, ...]:
-        return tuple(self.group_width_at(level) for level in self._body_transfer_levels)
+        return tuple(self.group_width_at(level) for level in self.body_levels)
 
     @property
     def head_group_widths(self) -> Tuple[int, ...]:
@@ -225,12 +225,23 @@ class FishNetArch:
 
     @property
     def head_transfer_group_widths(self) -> Tuple[int, ...]:
-        return tuple(self.group_width_at(level) for level in self._head_transfer_levels)
+        return tuple(self.group_width_at(level) for level in self.head_levels)
 
     def group_width_at(self, level: int) -> int:
-        """Channels per group of the grouped 3x3 convs that run at stride ``2**level``; 0 for
-        FishNet's ungrouped blocks (:func:`_group_width_at`)."""
-        return _group_width_at(self.group_width, level)
+        """FishNeXt's group width (channels per group of the grouped 3x3 convs) at stride
+        ``2**level``: ``group_width`` at the stem's level, twice as many with each halving of the
+        resolution; 0 for FishNet's ungrouped blocks.
+
+        The paper (sec. 4.2): "the number of channels in a group for each block (UR/DR block and
+        transfer block) of the same stage should be the same. The width of a single group will be
+        doubled once the stage index increase by 1". Its stage index ``s`` is the resolution (eq.
+        5-9 concatenate tail, body and head features of the same ``s``), so the group width
+        follows the resolution, as in ResNeXt (4d at stride 4, 8d at 8, 16d at 16, 32d at 32): the
+        smallest group, at stride 4 (the stem's output, where the first blocks run), has
+        ``group_width`` channels ("4d ... the minimum number of channels for a single group is
+        4"). The stem's convs are not residual blocks and stay ungrouped, as ResNeXt's stem.
+        """
+        return self.group_width * 2 ** (level - self.stem_level)
 
     @property
     def body_refine_dilations(self) -> Tuple[int, ...]:

@@ -290,7 +290,7 @@ class GroupedPreActBottleneck(PreActBottleneck):
             raise InvalidValue(
                 "group_width",
                 group_width,
-                f"must divide the block's {bottleneck_channels} bottleneck channels (out_channels / 2)",
+                f"must divide the block's {bottleneck_channels} bottleneck channels ({out_channels} out_channels / 2)",
             )
         super().__init__(
             in_channels,

@@ -13,6 +13,7 @@ from .errors import InvalidValue
 from .fishnet import FishNet
 
 __all__ = [
+    "fishnet_arch_config_defaults",
     "fishnet_arch_from_config",
     "fishnet_arch_to_config",
     "build_fishnet_backbone",
@@ -22,7 +23,30 @@ __all__ = [
 
 # FishNetArch's fields that MODEL.FISHNET.ARCH holds, each as the upper-case key; the others
 # (VARIANT_OPTIONS) are keys of MODEL.FISHNET itself, as they apply to the official variants too.
-ARCH_KEYS = [f.name for f in dataclasses.fields(FishNetArch) if f.name not in VARIANT_OPTIONS]
+_ARCH_FIELDS = [f for f in dataclasses.fields(FishNetArch) if f.name not in VARIANT_OPTIONS]
+ARCH_KEYS = [f.name for f in _ARCH_FIELDS]
+
+
+def _unset(field: dataclasses.Field) -> Any:
+    """The value of an ARCH key that leaves its field to DEPTH: 0 for a number, [] for a list."""
+    return 0 if field.type is int else []
+
+
+def fishnet_arch_config_defaults() -> Dict[str, Any]:
+    """The keys of ``MODEL.FISHNET`` made from FishNetArch's fields, with their defaults, as
+    nested dicts (:func:`~fishnet_d2.config.add_fishnet_config` adds them): VARIANT_OPTIONS
+    (BODY_DILATIONS, GROUP_WIDTH, DOWNSAMPLE, DILATED_PARTS) with FishNetArch's defaults (the
+    official model's), and ``ARCH`` with the other fields unset (0, []). What each key means is
+    its field's ``metadata["doc"]``."""
+    return {
+        **{f.name.upper(): _plain(f.default) for f in dataclasses.fields(FishNetArch) if f.name in VARIANT_OPTIONS},
+        "ARCH": {f.name.upper(): _unset(f) for f in _ARCH_FIELDS},
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A config value: tuples as lists, as YAML files give them."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def config_key(name: str) -> str:
@@ -43,8 +67,10 @@ def fishnet_arch_from_config(cfg: CfgNode) -> FishNetArch:
     ARCH keys that are set (0 and [] are unset) and the VARIANT_OPTIONS keys (BODY_DILATIONS,
     GROUP_WIDTH, DOWNSAMPLE, DILATED_PARTS)."""
     fish = cfg.MODEL.FISHNET
-    fields: Dict[str, Any] = {name: fish.ARCH[name.upper()] for name in ARCH_KEYS}
-    fields = {name: value for name, value in fields.items() if value not in (0, [], ())}
+    # A YAML file gives lists, Python code may give tuples: both are unset when empty.
+    fields: Dict[str, Any] = {
+        f.name: fish.ARCH[f.name.upper()] for f in _ARCH_FIELDS if _plain(fish.ARCH[f.name.upper()]) != _unset(f)
+    }
     fields.update({name: fish[name.upper()] for name in VARIANT_OPTIONS})
     try:
         return fishnet_arch(fish.DEPTH, **fields)
@@ -55,14 +81,10 @@ def fishnet_arch_from_config(cfg: CfgNode) -> FishNetArch:
 def fishnet_arch_to_config(arch: FishNetArch) -> Dict[str, Any]:
     """The ``MODEL.FISHNET`` values that describe ``arch`` (DEPTH 0, ARCH, and VARIANT_OPTIONS), as
     nested dicts of lists and ints: what :func:`fishnet_arch_from_config` reads back."""
-
-    def plain(value: Any) -> Any:
-        return list(value) if isinstance(value, tuple) else value
-
     return {
         "DEPTH": 0,
-        "ARCH": {name.upper(): plain(getattr(arch, name)) for name in ARCH_KEYS},
-        **{name.upper(): plain(getattr(arch, name)) for name in VARIANT_OPTIONS},
+        "ARCH": {name.upper(): _plain(getattr(arch, name)) for name in ARCH_KEYS},
+        **{name.upper(): _plain(getattr(arch, name)) for name in VARIANT_OPTIONS},
     }
 
 

@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from torch import nn
 
-from .arch import FishNetArch
+from .arch import FishNetArch, feature_name
 from .blocks import Norm, ScoreUnit
 from .errors import InvalidValue
 from .stages import Bridge, DownRefinementStage, FishStage, FishStem, TailStage, UpRefinementStage
@@ -16,10 +16,10 @@ from .stages import Bridge, DownRefinementStage, FishStage, FishStem, TailStage,
 __all__ = ["FishNet", "ChannelsLast", "CHECKPOINT_CHOICES"]
 
 # MODEL.FISHNET.CHECKPOINT's named choices: which stages recompute their activations in the
-# backward pass (README.md, "Performance", measures each). "stride4": the stages that compute
-# at stride 4 (or 2): the stem, the last body stage (its transfer blocks and up-sampled output),
-# the first head stage (its refinement is the head's stride-4 feature): a large share of the
-# activations (27% of FishNet-150's), though head3's recomputation is not cheap.
+# backward pass (docs/performance.md measures each). "stride4": the stages that compute at stride
+# 4 (or 2): the stem, the last body stage (its transfer blocks and up-sampled output), the first
+# head stage (its refinement is the head's stride-4 feature): the largest activations, though
+# head3's recomputation is not cheap.
 CHECKPOINT_CHOICES = ("none", "all", "stride4", "tail", "body", "head")
 Checkpointing = Union[None, bool, str, Sequence[str]]
 
@@ -92,8 +92,7 @@ class FishNet(Backbone):
             compile_backend: "" runs eagerly; a ``torch.compile`` backend ("inductor") compiles
                 the whole FishNet when it first runs, and again for a new mode (training or
                 not) or input size until its sizes are compiled as dynamic. The module keeps
-                its type, attributes and state_dict. On CPU it speeds up inference and slows
-                training down (README.md, "Performance").
+                its type, attributes and state_dict. docs/performance.md measures its speed.
         """
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -109,96 +108,34 @@ class FishNet(Backbone):
         self.input_format = ChannelsLast() if channels_last else nn.Identity()
         self._out_feature_strides: Dict[str, int] = {}
         self._out_feature_channels: Dict[str, int] = {}
-        n = arch.num_stages
-
-        self.stem = FishStem(in_channels, arch.stem_channels, norm=norm)
-        self._record(self.stem.name, self.stem.level, arch.stem_channels)
-
-        # Levels (log2 of the stride): the tail goes down from the stem's 2 to the bridge's,
-        # the body back up to 2, the head down again.
-        bridge_level = 2 + n
-        tail_levels = range(3, bridge_level + 1)
-        body_levels = range(bridge_level - 1, 1, -1)
-        head_levels = range(3, bridge_level + 1)
-
-        tail: List[TailStage] = []
-        channels = arch.stem_channels
-        for i, level in enumerate(tail_levels):
-            stage = TailStage(
-                channels,
-                arch.tail_channels[i],
-                arch.tail_blocks[i],
-                level=level,
-                group_width=arch.tail_group_widths[i],
-                downsample=arch.downsample,
-                norm=norm,
-            )
-            self._record(stage.name, stage.level, stage.out_channels)
-            channels = stage.out_channels
-            tail.append(stage)
-        self.tail = nn.ModuleList(tail)
-
-        self.bridge = Bridge(
-            channels, arch.bridge_blocks, level=bridge_level, group_width=arch.bridge_group_width, norm=norm
-        )
+        try:
+            self._build_stages(arch, norm)
+        except InvalidValue as e:
+            if e.name != "group_width":
+                raise
+            # Each block checks its own group width, the arch's at the block's resolution
+            # (FishNetArch.group_width_at); said here in terms of the arch's.
+            raise InvalidValue(
+                "group_width",
+                arch.group_width,
+                f"gives groups of {e.value} channels to some residual blocks (groups double with each "
+                f"halving of the resolution), and a block's group width {e.allowed}; allowed: 0 (no "
+                "grouping) or a width whose groups fit every block",
+            ) from None
         # Inputs must reach the bridge's (lowest) resolution without remainders.
-        self._size_divisibility = 2**bridge_level
-        self._record(self.bridge.name, self.bridge.level, channels)
-
-        body: List[UpRefinementStage] = []
-        for i, level in enumerate(body_levels):
-            stage = UpRefinementStage(
-                arch.body_in_channels[i],
-                arch.body_channels[i],
-                arch.body_lateral_channels[i],
-                num_blocks=arch.body_blocks[i],
-                num_transfer_blocks=arch.body_transfer_blocks[i],
-                dilation=arch.body_refine_dilations[i],
-                level=level,
-                group_width=arch.body_group_widths[i],
-                transfer_group_width=arch.body_transfer_group_widths[i],
-                norm=norm,
-            )
-            self._record(stage.name, stage.level, stage.out_channels)
-            body.append(stage)
-        self.body = nn.ModuleList(body)
-
-        head: List[DownRefinementStage] = []
-        for i, level in enumerate(head_levels):
-            stage = DownRefinementStage(
-                arch.head_in_channels[i],
-                arch.head_channels[i],
-                arch.head_lateral_channels[i],
-                num_blocks=arch.head_blocks[i],
-                num_transfer_blocks=arch.head_transfer_blocks[i],
-                level=level,
-                dilation=arch.head_refine_dilations[i],
-                group_width=arch.head_group_widths[i],
-                transfer_group_width=arch.head_transfer_group_widths[i],
-                downsample=arch.downsample,
-                norm=norm,
-            )
-            head.append(stage)
-        self.head = nn.ModuleList(head)
-        # The first DR-block refines the body's stride-4 output before down-sampling: the head's
-        # stride-4 feature (the paper attaches FPN to the head, at strides 4 to 32).
-        self._head_refined_name = "head2"
-        self._record(self._head_refined_name, 2, head[0].refined_channels)
-        for stage in head:
-            self._record(stage.name, stage.level, stage.out_channels)
+        self._size_divisibility = 2**arch.bridge_level
 
         if num_classes > 0:
             self.classifier = ScoreUnit(
                 arch.head_out_channels[-1], num_classes, global_pool=True, norm=norm
             )
             self._out_feature_channels["linear"] = num_classes
-            self._out_feature_strides["linear"] = 2**bridge_level
+            self._out_feature_strides["linear"] = 2**arch.bridge_level
         else:
             self.classifier = None
 
         if out_features is None:
-            out_features = [stage.name for stage in head]
-            out_features.insert(0, self._head_refined_name)
+            out_features = [self._head_refined_name, *(stage.name for stage in self.head)]
             if num_classes > 0:
                 out_features.append("linear")
         self._out_features = self._check_out_features(out_features)
@@ -226,6 +163,91 @@ class FishNet(Backbone):
             # nn.Module.compile: in place, unlike torch.compile(module), which would wrap the
             # module in one that is not a Backbone.
             self.compile(backend=compile_backend)
+
+    def _build_stages(self, arch: FishNetArch, norm: Norm) -> None:
+        """The stem, tail, bridge, body and head, each named and placed by ``arch``'s levels; records
+        each output feature's shape."""
+        self.stem = FishStem(
+            self.in_channels,
+            arch.stem_channels,
+            name=feature_name("stem", arch.stem_level),
+            level=arch.stem_level,
+            norm=norm,
+        )
+        self._record(self.stem.name, self.stem.level, arch.stem_channels)
+
+        tail: List[TailStage] = []
+        channels = arch.stem_channels
+        for i, level in enumerate(arch.tail_levels):
+            stage = TailStage(
+                channels,
+                arch.tail_channels[i],
+                arch.tail_blocks[i],
+                name=feature_name("tail", level),
+                level=level,
+                group_width=arch.tail_group_widths[i],
+                downsample=arch.downsample,
+                norm=norm,
+            )
+            self._record(stage.name, stage.level, stage.out_channels)
+            channels = stage.out_channels
+            tail.append(stage)
+        self.tail = nn.ModuleList(tail)
+
+        self.bridge = Bridge(
+            channels,
+            arch.bridge_blocks,
+            name=feature_name("bridge", arch.bridge_level),
+            level=arch.bridge_level,
+            group_width=arch.bridge_group_width,
+            norm=norm,
+        )
+        self._record(self.bridge.name, self.bridge.level, channels)
+
+        body: List[UpRefinementStage] = []
+        for i, level in enumerate(arch.body_levels):
+            stage = UpRefinementStage(
+                arch.body_in_channels[i],
+                arch.body_channels[i],
+                arch.body_lateral_channels[i],
+                num_blocks=arch.body_blocks[i],
+                num_transfer_blocks=arch.body_transfer_blocks[i],
+                dilation=arch.body_refine_dilations[i],
+                name=feature_name("body", level),
+                level=level,
+                group_width=arch.body_group_widths[i],
+                transfer_group_width=arch.body_transfer_group_widths[i],
+                norm=norm,
+            )
+            self._record(stage.name, stage.level, stage.out_channels)
+            body.append(stage)
+        self.body = nn.ModuleList(body)
+
+        head: List[DownRefinementStage] = []
+        for i, level in enumerate(arch.head_levels):
+            stage = DownRefinementStage(
+                arch.head_in_channels[i],
+                arch.head_channels[i],
+                arch.head_lateral_channels[i],
+                num_blocks=arch.head_blocks[i],
+                num_transfer_blocks=arch.head_transfer_blocks[i],
+                name=feature_name("head", level),
+                level=level,
+                dilation=arch.head_refine_dilations[i],
+                group_width=arch.head_group_widths[i],
+                transfer_group_width=arch.head_transfer_group_widths[i],
+                downsample=arch.downsample,
+                norm=norm,
+            )
+            head.append(stage)
+        self.head = nn.ModuleList(head)
+        # The first DR-block refines the last body stage's output before down-sampling: the head's
+        # feature at that level (stride 4; the paper attaches FPN to the head, at strides 4 to 32).
+        refined_level = arch.body_levels[-1]
+        self._head_refined_name = feature_name("head", refined_level)
+        self._record(self._head_refined_name, refined_level, head[0].refined_channels)
+        for stage in head:
+            self._record(stage.name, stage.level, stage.out_channels)
 
     def _checkpoint_choices(self) -> Dict[str, List[str]]:
         """The stages each named choice of ``activation_checkpointing`` recomputes."""

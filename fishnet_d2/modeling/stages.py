@@ -1,6 +1,7 @@
 """FishNet's stages: stem, tail, bridge, body (UR-blocks) and head (DR-blocks).
 
-Each stage knows its output ``level`` (stride ``2**level``) and the ``name`` of its output feature.
+Each stage knows its output ``level`` (stride ``2**level``) and the ``name`` of its output feature,
+both given by the FishNet that builds it (from its FishNetArch).
 """
 
 from typing import Any, List, Tuple
@@ -24,6 +25,7 @@ from .errors import InvalidValue
 from .recompute import recompute_in_backward
 
 __all__ = [
+    "DOWNSAMPLINGS",
     "FishStage",
     "FishStem",
     "TailStage",
@@ -109,13 +111,20 @@ def transfer_blocks(channels: int, num_blocks: int, *, group_width: int = 0, nor
     )
 
 
-# The pools of the paper's down-sampling ablation (Table 2), by DOWNSAMPLINGS name. "max3" pads by
-# 1 so that it halves an even size exactly, as the 2x2 pools do (and as the stem's 3x3 pool).
+# How tail and head stages halve the resolution (paper, sec. 3.2 and 4.3, Table 2), the
+# ``downsample`` of FishNetArch and of the stages: a pool after the residual blocks,
+#   "max2": 2x2 max-pool, stride 2 (the paper's choice and the official model's),
+#   "max3": 3x3 max-pool, stride 2, padding 1 (overlapping windows; the padding halves an even
+#           size exactly, as the 2x2 pools do and as the stem's 3x3 pool),
+#   "avg2": 2x2 average pool, stride 2,
+# or "conv": the last residual block of the stage carries the stride (its 3x3 conv has stride 2,
+#   its shortcut is a strided 1x1 conv), in the tail and in the head (Table 2, footnote).
 POOLS = {
     "max2": lambda: nn.MaxPool2d(kernel_size=2, stride=2),
     "max3": lambda: nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     "avg2": lambda: nn.AvgPool2d(kernel_size=2, stride=2),
 }
+DOWNSAMPLINGS = (*POOLS, "conv")
 
 
 def blocks_then_downsampling(
@@ -155,7 +164,7 @@ def blocks_then_downsampling(
         )
         return blocks, POOLS[downsample]()
     if downsample != "conv":
-        raise InvalidValue("downsample", downsample, f"allowed {[*POOLS, 'conv']}")
+        raise InvalidValue("downsample", downsample, f"allowed {list(DOWNSAMPLINGS)}")
     blocks = nn.Sequential()
     strided_in_channels = in_channels
     if num_blocks > 1:
@@ -208,8 +217,9 @@ class FishStem(FishStage):
     for COCO ("the conv weights at 224x224 resolution").
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, norm: Norm = "BN"):
-        super().__init__(in_channels, out_channels, stride=4, name="stem", level=2)
+    def __init__(self, in_channels: int, out_channels: int, *, name: str, level: int, norm: Norm = "BN"):
+        """``level``: where its two stride-2 steps end (FishNetArch.stem_level)."""
+        super().__init__(in_channels, out_channels, stride=2**level, name=name, level=level)
         self.conv1 = ConvNormReLU(in_channels, out_channels // 2, stride=2, norm=norm)
         self.conv2 = ConvNormReLU(out_channels // 2, out_channels // 2, norm=norm)
         self.conv3 = ConvNormReLU(out_channels // 2, out_channels, norm=norm)
@@ -229,12 +239,13 @@ class TailStage(FishStage):
         out_channels: int,
         num_blocks: int,
         *,
+        name: str,
         level: int,
         group_width: int = 0,
         downsample: str = "max2",
         norm: Norm = "BN",
     ):
-        super().__init__(in_channels, out_channels, stride=2, name=f"tail{level}", level=level)
+        super().__init__(in_channels, out_channels, stride=2, name=name, level=level)
         self.blocks, self.down = blocks_then_downsampling(
             in_channels,
             out_channels,
@@ -258,8 +269,10 @@ class Bridge(FishStage):
     1x1 convs, which grouping (of 3x3 convs) leaves as they are.
     """
 
-    def __init__(self, channels: int, num_blocks: int, *, level: int, group_width: int = 0, norm: Norm = "BN"):
-        super().__init__(channels, channels, stride=1, name="bridge", level=level)
+    def __init__(
+        self, channels: int, num_blocks: int, *, name: str, level: int, group_width: int = 0, norm: Norm = "BN"
+    ):
+        super().__init__(channels, channels, stride=1, name=name, level=level)
         self.score = ScoreUnit(channels, 2 * channels, global_pool=False, norm=norm)
         self.attention = SqueezeExcitation(2 * channels, channels, norm=norm)
         self.blocks = residual_blocks(
@@ -321,6 +334,7 @@ class UpRefinementStage(RefinementStage):
         num_blocks: int,
         num_transfer_blocks: int,
         dilation: int,
+        name: str,
         level: int,
         group_width: int = 0,
         transfer_group_width: int = 0,
@@ -342,7 +356,7 @@ class UpRefinementStage(RefinementStage):
             transfer=transfer_blocks(
                 lateral_channels, num_transfer_blocks, group_width=transfer_group_width, norm=norm
             ),
-            name=f"body{level}",
+            name=name,
             level=level,
             stride=1,  # it up-samples x2
         )
@@ -373,6 +387,7 @@ class DownRefinementStage(RefinementStage):
         *,
         num_blocks: int,
         num_transfer_blocks: int,
+        name: str,
         level: int,
         dilation: int = 1,
         group_width: int = 0,
@@ -398,7 +413,7 @@ class DownRefinementStage(RefinementStage):
             transfer=transfer_blocks(
                 lateral_channels, num_transfer_blocks, group_width=transfer_group_width, norm=norm
             ),
-            name=f"head{level}",
+            name=name,
             level=level,
             stride=2,
         )

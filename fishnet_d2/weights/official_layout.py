@@ -14,6 +14,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import torch
 
 from ..modeling import FISHNET_VARIANTS, FishNet, FishNetArch
+from ..modeling.arch import official_body_dilations
 
 __all__ = ["official_key", "official_layout", "renamed_layout", "infer_arch", "variant_name"]
 
@@ -105,8 +106,8 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> Tuple[FishNetArch, int
     """The architecture and number of classes of an official-layout state_dict.
 
     Reads widths and block counts from the keys and shapes. Dilation leaves no trace in weights:
-    the official body dilations ``2**i`` are assumed. Raises KeyError or ValueError when the
-    state_dict is not a FishNet's.
+    the official model's body dilations are assumed (:func:`official_body_dilations`). Raises
+    KeyError or ValueError when the state_dict is not a FishNet's.
     """
     stages = {int(m.group(1)) for k in state_dict if (m := re.match(r"fish\.fish\.(\d+)\.", k))}
     if not stages or (max(stages) % 3) or stages != set(range(max(stages) + 1)):
@@ -129,7 +130,7 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> Tuple[FishNetArch, int
         head_blocks=tuple(_count(state_dict, f"{s}.0") for s in head),
         body_transfer_blocks=tuple(_count(state_dict, f"{s}.1") for s in body),
         head_transfer_blocks=tuple(_count(state_dict, f"{s}.1") for s in head),
-        body_dilations=tuple(2**i for i in range(n)),
+        body_dilations=official_body_dilations(n),
     )
     num_classes = state_dict[classifier_fc].shape[0] if classifier_fc in state_dict else 0
     return arch, num_classes
