@@ -57,7 +57,9 @@ if not DETECTRON2_V0_6:
         )
 
 else:
-    DETECTRON2_EXPORT_SOURCE = "detectron2.export.flatten and .torchscript, without the package (v0.6: it imports caffe2)"
+    DETECTRON2_EXPORT_SOURCE = (
+        "detectron2.export.flatten and .torchscript, without the package (v0.6: it imports caffe2)"
+    )
 
     def detectron2_export_modules() -> Tuple[types.ModuleType, types.ModuleType]:
         """v0.6's ``detectron2.export.flatten`` and ``.torchscript``, which need only torch and

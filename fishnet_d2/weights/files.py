@@ -210,9 +210,8 @@ def read_checkpoint(filename: str) -> Dict[str, Any]:
             checkpoint = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
     elif filename.endswith(".pyth"):
         if not isinstance(data.get("model_state"), Mapping):
-            raise CheckpointLoadError(
-                f"{filename}: a .pyth (pycls) checkpoint needs a dict 'model_state'; found {listing(sorted(map(str, data)))}"
-            )
+            found = listing(sorted(map(str, data)))
+            raise CheckpointLoadError(f"{filename}: a .pyth (pycls) checkpoint needs a dict 'model_state'; found {found}")
         weights = {k: v for k, v in data["model_state"].items() if not str(k).endswith("num_batches_tracked")}
         checkpoint = {"model": weights, "__author__": "pycls", "matching_heuristics": True}
     elif "model" in data:
