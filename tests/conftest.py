@@ -1,9 +1,16 @@
-"""Settings for the whole test suite."""
+"""Settings and fixtures for the whole test suite (helpers without state are in support.py)."""
 
-from typing import Iterator
+import copy
+from pathlib import Path
+from typing import Dict, Iterator, Tuple
 
 import pytest
 import torch
+from detectron2.modeling import build_model
+
+from fishnet_d2.apps.data import ensure_synthetic_shapes
+
+from .support import REFERENCE, TINY_SHAPES, register_tiny_shapes, tiny_mask_rcnn_cfg
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -14,3 +21,32 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def golden() -> Dict:
+    """tests/data/tiny_golden.pt, made with the official FishNet code: its ``state_dict``,
+    ``input``, ``stage_outputs`` and ``logits`` (tests/data/README.md)."""
+    return torch.load(REFERENCE / "tiny_golden.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def pristine_model() -> torch.nn.Module:
+    """The tiny Mask R-CNN (tiny_mask_rcnn_cfg) with random weights (seed 0), in eval mode.
+    Shared by the session: tests change the `model` fixture's copy of it, never this one."""
+    torch.manual_seed(0)
+    return build_model(tiny_mask_rcnn_cfg()).eval()
+
+
+@pytest.fixture
+def model(pristine_model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh copy of pristine_model, for this test alone."""
+    return copy.deepcopy(pristine_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Dict[str, str]]:
+    """TINY_SHAPES generated and registered once per session: (root, split -> dataset name)."""
+    root = tmp_path_factory.mktemp("tiny_shapes")
+    ensure_synthetic_shapes(root, TINY_SHAPES)  # here, so that worker processes only read it
+    return root, register_tiny_shapes(root)

@@ -17,26 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fishnet_d2.modeling import FishNet
 from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
-from .common import REFERENCE, run_converter
-
-# The golden file's 11 stage outputs, in order, and our feature names for them.
-STAGE_NAMES = [
-    "stem", "tail3", "tail4", "tail5", "bridge",
-    "body4", "body3", "body2", "head3", "head4", "head5",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def golden():
-    return torch.load(REFERENCE / "tiny_golden.pt", map_location="cpu", weights_only=True)
-
-
-TOLERANCE = 1e-4
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).norm() / expected.norm()).item()
+from .support import GOLDEN_STAGES, GOLDEN_TOLERANCE, relative_error, run_converter
 
 
 def float64_outputs(model: FishNet, golden) -> dict:
@@ -73,7 +54,7 @@ def test_golden_outputs_match_official(golden, converted):
     assert arch.official_constructor_args() == {
         key: golden["config"][key] for key in ("network_planes", "num_res_blks", "num_trans_blks")
     }
-    model = FishNet(arch, norm="BN", num_classes=num_classes, out_features=STAGE_NAMES + ["linear"])
+    model = FishNet(arch, norm="BN", num_classes=num_classes, out_features=GOLDEN_STAGES + ["linear"])
     # Loaded as Detectron2 loads MODEL.WEIGHTS: every tensor of the model gets the official value.
     DetectionCheckpointer(model).load(str(converted))
     layout = official_layout(arch, num_classes)
@@ -83,11 +64,11 @@ def test_golden_outputs_match_official(golden, converted):
     for key, value in state.items():
         assert torch.equal(value, official[key]), key
     outputs = float64_outputs(model, golden)
-    assert len(golden["stage_outputs"]) == len(STAGE_NAMES)
-    for name, expected in zip(STAGE_NAMES, golden["stage_outputs"]):
+    assert len(golden["stage_outputs"]) == len(GOLDEN_STAGES)
+    for name, expected in zip(GOLDEN_STAGES, golden["stage_outputs"]):
         assert outputs[name].shape == expected.shape, name
-        assert relative_error(outputs[name], expected) < TOLERANCE, name
-    assert relative_error(outputs["linear"], golden["logits"]) < TOLERANCE
+        assert relative_error(outputs[name], expected) < GOLDEN_TOLERANCE, name
+    assert relative_error(outputs["linear"], golden["logits"]) < GOLDEN_TOLERANCE
     assert outputs["linear"].argmax(1).tolist() == golden["logits"].argmax(1).tolist()
 
 
@@ -100,7 +81,7 @@ def test_golden_outputs_change_with_wrong_weights(golden):
     model = FishNet(arch, norm="BN", num_classes=num_classes)
     model.load_state_dict(state_dict)
     logits = float64_outputs(model, golden)["linear"]
-    assert relative_error(logits, golden["logits"]) > 10 * TOLERANCE
+    assert relative_error(logits, golden["logits"]) > 10 * GOLDEN_TOLERANCE
 
 
 def test_golden_outputs_change_with_wrong_dilation(golden):
@@ -109,9 +90,9 @@ def test_golden_outputs_change_with_wrong_dilation(golden):
     arch, num_classes = infer_arch(golden["state_dict"])
     layout = official_layout(arch, num_classes)
     wrong = dataclasses.replace(arch, body_dilations=(1, 1, 1))
-    model = FishNet(wrong, norm="BN", num_classes=num_classes, out_features=STAGE_NAMES + ["linear"])
+    model = FishNet(wrong, norm="BN", num_classes=num_classes, out_features=GOLDEN_STAGES + ["linear"])
     model.load_state_dict({layout[k][0]: v for k, v in golden["state_dict"].items()})
     outputs = float64_outputs(model, golden)
-    for name, expected in zip(STAGE_NAMES, golden["stage_outputs"]):
+    for name, expected in zip(GOLDEN_STAGES, golden["stage_outputs"]):
         if name in ("body3", "body2", "head3", "head4", "head5"):
-            assert relative_error(outputs[name], expected) > 10 * TOLERANCE, name
+            assert relative_error(outputs[name], expected) > 10 * GOLDEN_TOLERANCE, name

@@ -14,7 +14,7 @@ from torch import nn
 
 from fishnet_d2.weights.checkpointer import CheckpointLoadError, FishNetCheckpointer
 
-from .common import REPO
+from .support import REPO
 
 
 def small_model(seed: int = 0) -> nn.Module:

@@ -10,26 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from detectron2.modeling import build_backbone, build_model
+from detectron2.modeling import build_backbone
 
 from fishnet_d2.weights.checkpointer import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
 from fishnet_d2.weights.convert import save_d2_checkpoint
 
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .support import tiny_mask_rcnn_cfg
 
 # torch warns before refusing a plain pickle (protocol > 2) given as a torch file.
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def pristine_model():
-    torch.manual_seed(0)
-    return build_model(tiny_mask_rcnn_cfg()).eval()
-
-
-@pytest.fixture
-def model(pristine_model):
-    return copy.deepcopy(pristine_model)
 
 
 def tiny_backbone_state(seed: int = 1, **arch_changes):

@@ -11,8 +11,7 @@ from detectron2.utils.events import EventStorage
 from fishnet_d2 import FishNet
 from fishnet_d2.solver import build_optimizer
 
-from .common import REPO, fishnet_cfg
-from .synthetic_inputs import shrink_config, synthetic_batch
+from .support import REPO, fishnet_cfg, shrink_config, synthetic_batch
 
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
 # The model-zoo family: <model>_fishnet<depth>_FPN_<schedule>.yaml, and the paper's configs.

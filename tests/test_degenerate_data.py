@@ -11,12 +11,11 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import HookBase, SimpleTrainer
-from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .support import tiny_mask_rcnn_cfg
 
 # detectron2 v0.6's polygon masks use np.bool (its own code, not this project's)
 pytestmark = pytest.mark.filterwarnings("ignore:`np.bool` is a deprecated alias:DeprecationWarning")
@@ -77,17 +76,6 @@ def cfg():
     return cfg
 
 
-@pytest.fixture(scope="module")
-def pristine_model(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg)
-
-
-@pytest.fixture
-def model(pristine_model):
-    return copy.deepcopy(pristine_model).train()
-
-
 def test_detectron2_filters_images_without_usable_annotations(dataset):
     """DATALOADER.FILTER_EMPTY_ANNOTATIONS (on by default) drops the images without non-crowd
     annotations; the boxes that only become empty in the mapper are kept."""
@@ -106,7 +94,7 @@ def test_mapper_and_training_step_without_instances(cfg, model, dataset, kind):
     assert mapped["image"].shape == (3, SIZE, SIZE)
     assert len(mapped["instances"]) == 0
     with EventStorage(0):  # where Detectron2's training forward logs its statistics
-        losses = model([mapped, copy.deepcopy(mapped)])
+        losses = model.train()([mapped, copy.deepcopy(mapped)])
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
     assert all(torch.isfinite(v) for v in losses.values()), losses
     for name in ("loss_rpn_loc", "loss_box_reg", "loss_mask"):

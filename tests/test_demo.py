@@ -29,7 +29,7 @@ from fishnet_d2.engine import Trainer
 from fishnet_d2.engine import main as train_net_main
 from fishnet_d2.engine import setup
 
-from .common import REPO
+from .support import REPO
 
 DEMO_CONFIG = REPO / "configs" / "Demo" / "mask_rcnn_fishnet_tiny_FPN_demo.yaml"
 PREFIX = "fishnet_tests_demo_smoke"

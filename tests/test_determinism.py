@@ -7,7 +7,7 @@ from detectron2.utils.env import seed_all_rng
 
 from fishnet_d2.engine import Trainer
 
-from .tiny_detection import tiny_mask_rcnn_cfg, tiny_shapes
+from .support import tiny_mask_rcnn_cfg
 
 # Raised inside detectron2 v0.6's data code (np.int; bitmasks from read-only arrays).
 pytestmark = [
@@ -38,8 +38,8 @@ def losses_of_a_run(names, output_dir, seed) -> Dict[str, List[float]]:
     return losses
 
 
-def test_same_seed_same_losses(tmp_path_factory, tmp_path):
-    _, names = tiny_shapes(tmp_path_factory)
+def test_same_seed_same_losses(tiny_shapes, tmp_path):
+    _, names = tiny_shapes
     first = losses_of_a_run(names, tmp_path / "first", seed=123)
     second = losses_of_a_run(names, tmp_path / "second", seed=123)
     assert {"total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} <= set(first)

@@ -9,8 +9,7 @@ import textwrap
 
 import pytest
 
-from .common import REPO
-from .tiny_detection import tiny_mask_rcnn_cfg, tiny_shapes
+from .support import REPO, tiny_mask_rcnn_cfg
 
 pytestmark = pytest.mark.slow  # trains in new processes
 
@@ -27,7 +26,7 @@ WRAPPER = textwrap.dedent(
     from detectron2.utils import comm
 
     from fishnet_d2.engine import Trainer, launch, setup
-    from tests.tiny_detection import register_tiny_shapes
+    from tests.support import register_tiny_shapes
 
     register_tiny_shapes(os.environ["TINY_SHAPES_ROOT"])
 
@@ -82,8 +81,8 @@ WRAPPER = textwrap.dedent(
 )
 
 
-def test_two_cpu_processes_train_in_sync_and_evaluate(tmp_path_factory, tmp_path):
-    root, names = tiny_shapes(tmp_path_factory)
+def test_two_cpu_processes_train_in_sync_and_evaluate(tiny_shapes, tmp_path):
+    root, names = tiny_shapes
     cfg = tiny_mask_rcnn_cfg()
     cfg.DATASETS.TRAIN = (names["train"],)
     cfg.DATASETS.TEST = (names["val"],)

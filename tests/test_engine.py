@@ -17,9 +17,7 @@ from fishnet_d2.apps.data import register_synthetic_shapes
 from fishnet_d2.engine import Trainer, launch, main, setup
 from fishnet_d2.evaluation import build_evaluator, build_evaluators
 
-from .common import REPO, fishnet_cfg
-from .synthetic_inputs import shrink_config
-from .tiny_detection import TINY_SHAPES, tiny_mask_rcnn_cfg
+from .support import REPO, TINY_SHAPES, fishnet_cfg, shrink_config, tiny_mask_rcnn_cfg
 
 PAPER_MASK_RCNN = REPO / "configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
 SHAPES_PREFIX = "fishnet_engine_test"

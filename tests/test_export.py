@@ -16,8 +16,7 @@ from fishnet_d2 import FishNet
 from fishnet_d2.backports import detectron2_export_modules
 from fishnet_d2.apps.data import DEMO_SPEC, render_split
 
-from .common import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .support import ALL_FEATURES, TINY_ARCH, fishnet_cfg, tiny_mask_rcnn_cfg, use_tiny_arch
 
 # torch 2.14 deprecates TorchScript (which Detectron2's export tools are built on) and its ONNX
 # exporter; these tests check that the deprecated paths still work.

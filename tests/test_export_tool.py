@@ -27,8 +27,7 @@ from fishnet_d2.backports import DETECTRON2_V0_6
 from fishnet_d2.apps.export import Difference, d2export, detectron2_export, main
 from fishnet_d2.apps.predict import load_config, load_model
 
-from .test_predict import write_model
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .support import tiny_mask_rcnn_cfg, write_model
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from fishnet_d2 import FishNet
 
-from .common import TINY_ARCH, fishnet_cfg, use_tiny_arch
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .support import TINY_ARCH, fishnet_cfg, tiny_mask_rcnn_cfg, use_tiny_arch
 
 MAX_PIXELS = 2**15  # keeps each inference small: the long side goes to 1024 only on thin images
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])

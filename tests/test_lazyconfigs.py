@@ -15,9 +15,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from fishnet_d2 import FishNet
 from fishnet_d2.apps.data import register_synthetic_shapes
 
-from .common import REPO
-from .synthetic_inputs import IMAGE_SIZE, shrink_lazy_model, synthetic_batch
-from .tiny_detection import TINY_SHAPES
+from .support import IMAGE_SIZE, REPO, TINY_SHAPES, shrink_lazy_model, synthetic_batch
 
 LAZY_CONFIGS = sorted(
     p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.py") if "common" not in p.parts

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from fishnet_d2 import model_zoo
 from fishnet_d2.engine import setup
 
-from .common import REPO
+from .support import REPO
 
 PAPER = "COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
 REPO_CONFIGS = sorted(

@@ -3,7 +3,6 @@ weights into Detectron2 models."""
 
 import pickle
 from pathlib import Path
-from typing import Dict
 
 import pytest
 import torch
@@ -20,30 +19,9 @@ from fishnet_d2.weights.convert import (
 )
 from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
-from .common import REFERENCE, REPO, fishnet_cfg, run_converter
+from .support import REFERENCE, REPO, fishnet_cfg, random_official_state_dict, reference_layout, run_converter
 
 PARAMETERS = {99: 16_628_904, 150: 24_959_400, 201: 44_584_552}
-
-
-def reference_layout(depth: int) -> Dict[str, tuple]:
-    """official_keys_fishnet{depth}.tsv: {key: shape}."""
-    layout = {}
-    for line in (REFERENCE / f"official_keys_fishnet{depth}.tsv").read_text().splitlines():
-        if line.startswith("#") or line.startswith("key\t"):
-            continue
-        key, shape = line.split("\t")
-        layout[key] = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
-    return layout
-
-
-def random_official_state_dict(depth: int) -> Dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(depth)
-    return {
-        key: torch.randint(0, 100, shape, generator=generator)
-        if key.endswith("num_batches_tracked")
-        else torch.randn(shape, generator=generator)
-        for key, shape in reference_layout(depth).items()
-    }
 
 
 @pytest.mark.parametrize("depth", sorted(PARAMETERS))

@@ -8,7 +8,7 @@ from detectron2.config import LazyConfig, instantiate
 from fishnet_d2.engine import Trainer
 from fishnet_d2.solver import GradientClipping
 
-from .common import REPO, fishnet_cfg
+from .support import REPO, fishnet_cfg
 
 PAPER_YAML = {
     "configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml": True,  # MASK_ON

@@ -16,13 +16,11 @@ import pytest
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
 
 import fishnet_d2.apps.data  # noqa: F401  (registers the demo datasets, as tools/predict.py does)
-from fishnet_d2 import FishNetCheckpointer
 from fishnet_d2.apps.predict import (
     InputError,
     Predictor,
@@ -36,25 +34,11 @@ from fishnet_d2.apps.predict import (
 )
 from fishnet_d2.apps.visualization import draw_predictions, prediction_metadata
 
-from .common import REPO
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .support import REPO, tiny_mask_rcnn_cfg, write_model
 
 SCRIPT = REPO / "tools" / "predict.py"
 GOOD = ["good.png", "photo.jpg", "gray.png", "rgba.png", "depth16.png"]
 BAD = {"corrupt.png": "corrupt or truncated image", "notes.txt": "not an image"}
-
-
-def write_model(cfg, directory: Path) -> Path:
-    """``cfg``'s model with random weights (seed 0), saved by FishNetCheckpointer; returns a YAML
-    config with MODEL.WEIGHTS set to it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    FishNetCheckpointer(build_model(cfg), save_dir=str(directory)).save("model")
-    cfg = cfg.clone()
-    cfg.MODEL.WEIGHTS = str(directory / "model.pth")
-    path = directory / "config.yaml"
-    path.write_text(cfg.dump())
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from fishnet_d2 import FishNet
 from fishnet_d2.weights.convert import save_d2_checkpoint
 from fishnet_d2.weights.pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
 
-from .common import REPO, TINY_ARCH, fishnet_cfg, run_converter
+from .support import REPO, TINY_ARCH, fishnet_cfg, run_converter
 
 PYTORCHCV_MODELS: Dict[int, Callable[[], nn.Module]] = {99: fishnet99, 150: fishnet150}
 PAPER_MASK_RCNN = REPO / "configs" / "COCO-InstanceSegmentation" / "mask_rcnn_fishnet150_FPN_paper.yaml"

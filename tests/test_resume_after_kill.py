@@ -15,8 +15,7 @@ from detectron2.modeling import build_model
 from fishnet_d2.weights.checkpointer import FishNetCheckpointer
 from fishnet_d2.apps.data import DEMO_DATASET_PREFIX, DEMO_SPEC, ensure_synthetic_shapes
 
-from .common import REPO
-from .tiny_detection import tiny_mask_rcnn_cfg
+from .support import REPO, tiny_mask_rcnn_cfg
 
 pytestmark = pytest.mark.slow  # trains in new processes
 

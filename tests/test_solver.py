@@ -17,7 +17,7 @@ from fishnet_d2.solver import (
     gradient_clipping_from_config,
 )
 
-from .common import fishnet_cfg
+from .support import fishnet_cfg
 
 # Gradients of two parameters with norms 3 and 4: together, norm 5.
 GRADS = (torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0, 0.0]))

@@ -25,7 +25,7 @@ from fishnet_d2.apps.data import (
     split_paths,
 )
 
-from .common import REPO
+from .support import REPO
 
 SMALL = SyntheticShapesSpec(seed=3, num_train=12, num_val=6)
 

@@ -11,16 +11,16 @@ from detectron2.engine import default_argument_parser
 from fishnet_d2.weights.checkpointer import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
 from fishnet_d2.engine import Trainer, main
 
-from .tiny_detection import tiny_mask_rcnn_cfg, tiny_shapes
+from .support import tiny_mask_rcnn_cfg
 
 # detectron2 v0.6's dataset statistics use np.int (its own code, not this project's)
 pytestmark = pytest.mark.filterwarnings("ignore:`np.int` is a deprecated alias:DeprecationWarning")
 
 
 @pytest.fixture
-def trained(tmp_path_factory, tmp_path):
+def trained(tiny_shapes, tmp_path):
     """A Trainer after 2 iterations on the tiny shapes, and its config."""
-    _, names = tiny_shapes(tmp_path_factory)
+    _, names = tiny_shapes
     cfg = tiny_mask_rcnn_cfg()
     cfg.DATASETS.TRAIN = (names["train"],)
     cfg.DATASETS.TEST = ()
@@ -36,8 +36,7 @@ def trained(tmp_path_factory, tmp_path):
 def test_trainer_uses_fishnet_checkpointer(trained):
     trainer, _ = trained
     assert isinstance(trainer.checkpointer, FishNetCheckpointer), (
-        "fishnet_d2.engine.Trainer.__init__ should build its checkpointer with "
-        "FishNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)) (issue 6)"
+        "fishnet_d2.engine.Trainer should save and load checkpoints with FishNetCheckpointer"
     )
 
 
@@ -49,7 +48,7 @@ def test_resume_restores_the_optimizer_state(trained):
     assert "_trainer" in saved["trainer"], (
         "the checkpoint has no optimizer state: on detectron2 v0.6 DefaultTrainer does not save "
         "its SimpleTrainer's state; fishnet_d2.engine.Trainer should add state_dict / "
-        "load_state_dict with '_trainer' as newer detectron2 does (issue 6)"
+        "load_state_dict with '_trainer' as newer detectron2 does"
     )
     resumed = Trainer(cfg)
     resumed.resume_or_load(resume=True)
@@ -79,7 +78,7 @@ BAD_WEIGHTS = {
 
 
 @pytest.mark.parametrize("weights", sorted(BAD_WEIGHTS))
-def test_train_net_refuses_bad_weights(tmp_path_factory, tmp_path, weights):
+def test_train_net_refuses_bad_weights(tiny_shapes, tmp_path, weights):
     """tools/train_net.py's main, training or --eval-only, stops on MODEL.WEIGHTS that are not
     weights of the model, with the checkpointer's error; a malicious file runs nothing."""
     torch.save({"model": {"conv1.weight": torch.rand(64, 3, 7, 7)}}, tmp_path / "resnet.pth")
@@ -88,7 +87,7 @@ def test_train_net_refuses_bad_weights(tmp_path_factory, tmp_path, weights):
     target = tmp_path / "created_by_unpickling"
     (tmp_path / "malicious.pkl").write_bytes(pickle.dumps({"model": CreatesAFile(str(target)), "__author__": "x"}))
     cfg = tiny_mask_rcnn_cfg()
-    cfg.DATASETS.TRAIN = (tiny_shapes(tmp_path_factory)[1]["train"],)
+    cfg.DATASETS.TRAIN = (tiny_shapes[1]["train"],)
     cfg.DATASETS.TEST = ()
     cfg.MODEL.WEIGHTS = str(tmp_path / weights)
     cfg.OUTPUT_DIR = str(tmp_path / "output")
