@@ -1,8 +1,10 @@
-# `make demo` and `make test` set up .venv/ (tools/setup_env.sh) when it is missing or out of date.
+# `make demo` and `make test` set up .venv/ (tools/setup_env.sh) when it is missing or out of date;
+# PYTHON=... (default python3) is the interpreter a new environment is created with, e.g.
+# `make test VENV=.venv-py313 PYTHON=python3.13`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 READY := $(VENV)/.fishnet_d2_ready
-export VENV
+export VENV PYTHON
 
 .PHONY: demo test test-fast setup clean-venv
 

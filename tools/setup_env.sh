@@ -3,6 +3,8 @@
 # Idempotent: every step is skipped when what it installs is already there.
 #
 #   VENV=.venv          where the environment lives (an existing environment works too)
+#   PYTHON=python3      the interpreter a new environment is created with (tested: Python 3.11
+#                       to 3.13); when given, an existing environment must have its Python version
 #   D2_SOURCE=pypi      how to get detectron2 when it is not importable in that environment:
 #     pypi  (default)   the official v0.6 Python package from the registry, built without C++ ops,
 #                       with detectron2 main's fixes for current Pillow/NumPy and the stand-in
@@ -15,6 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+PYTHON_GIVEN=${PYTHON:+yes}
+PYTHON=${PYTHON:-python3}
 D2_SOURCE=${D2_SOURCE:-pypi}
 CONSTRAINTS=tools/constraints.txt
 PY="$VENV/bin/python"
@@ -30,9 +34,23 @@ case "$D2_SOURCE" in
     D2_SOURCE=$(cd "$(dirname "$D2_SOURCE")" && pwd)/$(basename "$D2_SOURCE");;
 esac
 
-if [ ! -x "$PY" ]; then
-  echo "[setup] creating $VENV"
-  python3 -m venv "$VENV"
+py_version() { "$1" -I -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+if [ ! -x "$PY" ] || [ -n "$PYTHON_GIVEN" ]; then
+  if ! wanted=$(py_version "$PYTHON"); then
+    echo "PYTHON=$PYTHON: no Python interpreter runs under that name; give a command or path of" \
+      "Python 3.11 to 3.13 (default python3)" >&2
+    exit 2
+  fi
+  if [ ! -x "$PY" ]; then
+    echo "[setup] creating $VENV with $PYTHON (Python $wanted)"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  have=$(py_version "$PY")
+  if [ "$have" != "$wanted" ]; then
+    echo "VENV=$VENV has Python $have but PYTHON=$PYTHON is Python $wanted: choose another VENV" \
+      "for this Python, or remove $VENV (make clean-venv VENV=$VENV)" >&2
+    exit 2
+  fi
 fi
 pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check -c "$CONSTRAINTS" "$@"; }
 
