@@ -3,6 +3,7 @@ from .build import (
     build_fishnet_backbone,
     build_fishnet_fpn_backbone,
     build_retinanet_fishnet_fpn_backbone,
+    eager_fishnet_config,
     fishnet_arch_from_config,
     fishnet_arch_to_config,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "build_fishnet_backbone",
     "build_fishnet_fpn_backbone",
     "build_retinanet_fishnet_fpn_backbone",
+    "eager_fishnet_config",
     "fishnet_arch_from_config",
     "fishnet_arch_to_config",
 ]

@@ -1,7 +1,8 @@
-"""The registered builders: the only code that reads ``cfg.MODEL.FISHNET``."""
+"""The registered builders: the only code that reads ``cfg.MODEL.FISHNET`` (what other code
+needs of it comes from here: :func:`eager_fishnet_config`)."""
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
@@ -16,6 +17,7 @@ __all__ = [
     "fishnet_arch_config_defaults",
     "fishnet_arch_from_config",
     "fishnet_arch_to_config",
+    "eager_fishnet_config",
     "build_fishnet_backbone",
     "build_fishnet_fpn_backbone",
     "build_retinanet_fishnet_fpn_backbone",
@@ -86,6 +88,21 @@ def fishnet_arch_to_config(arch: FishNetArch) -> Dict[str, Any]:
         "ARCH": {name.upper(): _plain(getattr(arch, name)) for name in ARCH_KEYS},
         **{name.upper(): _plain(getattr(arch, name)) for name in VARIANT_OPTIONS},
     }
+
+
+def eager_fishnet_config(cfg: CfgNode) -> Tuple[CfgNode, str]:
+    """``cfg`` for the eager FishNet, and the ``torch.compile`` backend that ``MODEL.FISHNET.COMPILE``
+    asked for ("" when none; ``cfg`` itself is then returned). The eager model computes what the
+    compiled one does; scripting and tracing (exporting) read it."""
+    backend = cfg.MODEL.FISHNET.COMPILE
+    if not backend:
+        return cfg, ""
+    eager = cfg.clone()
+    eager.defrost()
+    eager.MODEL.FISHNET.COMPILE = ""
+    if cfg.is_frozen():
+        eager.freeze()
+    return eager, backend
 
 
 @BACKBONE_REGISTRY.register()
