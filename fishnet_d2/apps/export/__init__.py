@@ -8,19 +8,14 @@ from .exporters import (
     METHODS,
     ONNX_OPSET,
     Exported,
+    OnnxRunner,
     check_exportable,
     eager_instances,
     export_model,
     onnx_runner,
 )
-from .verify import (
-    FRESH_PROCESS_SCRIPT,
-    Difference,
-    compare_instances,
-    model_input,
-    run_in_fresh_process,
-    sample_images,
-)
+from .matching import MAX_UNMATCHED_SHARE, DetectionComparison, Difference, compare_instances
+from .verify import FRESH_PROCESS_SCRIPT, model_input, run_in_fresh_process, sample_images
 
 __all__ = [
     "argument_parser",
@@ -36,10 +31,13 @@ __all__ = [
     "check_exportable",
     "eager_instances",
     "export_model",
+    "OnnxRunner",
     "onnx_runner",
-    "FRESH_PROCESS_SCRIPT",
+    "MAX_UNMATCHED_SHARE",
+    "DetectionComparison",
     "Difference",
     "compare_instances",
+    "FRESH_PROCESS_SCRIPT",
     "model_input",
     "run_in_fresh_process",
     "sample_images",

@@ -39,6 +39,8 @@ __all__ = [
     "check_exportable",
     "eager_instances",
     "export_model",
+    "OnnxRunner",
+    "onnx_runner",
 ]
 
 METHODS = ("scripting", "tracing")
@@ -128,6 +130,7 @@ class Exported:
     output_names: List[str]  # tracing: the flat outputs' names, in order
     run: Callable[[Tensor], Instances] = field(repr=False)  # the exported model on one image
     run_raw: Callable[[Tensor], Dict[str, Tensor]] = field(repr=False)  # its outputs by name
+    runtime: str  # what runs it in this process
 
     @property
     def file_name(self) -> str:
@@ -177,7 +180,8 @@ def _export_scripting(model: nn.Module, d2: Detectron2Export, sample: Tensor) ->
     # The scripted Instances' get_fields() gives its fields in the order they were declared.
     fields = _fields(eager_instances(model, sample))
     names = [name for name in _SCRIPTED_FIELDS if name in fields]
-    return Exported("scripting", "torchscript", data, names, run, run_raw)
+    runtime = f"torch {torch.__version__} (TorchScript)"
+    return Exported("scripting", "torchscript", data, names, run, run_raw, runtime)
 
 
 def _output_names(model: nn.Module, d2: Detectron2Export, image: Tensor) -> List[str]:
@@ -206,6 +210,8 @@ def _export_tracing(model: nn.Module, d2: Detectron2Export, sample: Tensor, form
             with torch.no_grad():
                 return list(loaded(image.to(device)))
 
+        runtime = f"torch {torch.__version__} (TorchScript)"
+
     else:
         buffer = io.BytesIO()
         dynamic = {"image": {1: "height", 2: "width"}}
@@ -233,6 +239,8 @@ def _export_tracing(model: nn.Module, d2: Detectron2Export, sample: Tensor, form
         def run_flat(image: Tensor) -> List[Tensor]:
             return [torch.as_tensor(np.asarray(o)) for o in session(image.cpu().numpy())]
 
+        runtime = session.runtime
+
     def run_raw(image: Tensor) -> Dict[str, Tensor]:
         return dict(zip(names, run_flat(image)))
 
@@ -240,12 +248,23 @@ def _export_tracing(model: nn.Module, d2: Detectron2Export, sample: Tensor, form
         flat = tuple(t.to(device) for t in run_flat(image))
         return adapter.outputs_schema(flat)[0]["instances"]
 
-    return Exported("tracing", format, data, names, run, run_raw)
+    return Exported("tracing", format, data, names, run, run_raw, runtime)
 
 
-def onnx_runner(data: bytes) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
-    """Run the ONNX model ``data`` on an image: with onnxruntime where it is installed, else with
-    onnx's reference evaluator (pure NumPy: exact, but slow for full-size models)."""
+@dataclass
+class OnnxRunner:
+    """An ONNX model ready to run on an image: ``runner(image)`` -> its outputs, in order."""
+
+    run: Callable[[np.ndarray], Sequence[np.ndarray]] = field(repr=False)
+    runtime: str  # what runs it, as the tool reports it
+
+    def __call__(self, image: np.ndarray) -> Sequence[np.ndarray]:
+        return self.run(image)
+
+
+def onnx_runner(data: bytes) -> OnnxRunner:
+    """The ONNX model ``data`` in onnxruntime (CPU) where it is installed, as deployments run it;
+    else in onnx's reference evaluator (pure NumPy: exact, but slow for full-size models)."""
     try:
         import onnxruntime
     except ImportError:
@@ -254,13 +273,17 @@ def onnx_runner(data: bytes) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
 
         evaluator = ReferenceEvaluator(onnx.load_model_from_string(data))
 
-        def run(image: np.ndarray) -> Sequence[np.ndarray]:
+        def evaluate(image: np.ndarray) -> Sequence[np.ndarray]:
             with np.errstate(over="ignore", invalid="ignore"):  # its Sigmoid's exp of large logits
                 return evaluator.run(None, {"image": image})
 
-        return run
+        return OnnxRunner(
+            evaluate, f"onnx {onnx.__version__} reference evaluator (onnxruntime is not installed)"
+        )
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return lambda image: session.run(None, {"image": image})
+    return OnnxRunner(
+        lambda image: session.run(None, {"image": image}), f"onnxruntime {onnxruntime.__version__} (CPU)"
+    )
 
 
 def export_model(

@@ -1,12 +1,12 @@
-"""Check an exported model: its outputs against eager mode's on sample images, and the TorchScript
-file run in a new Python process that imports neither fishnet_d2 nor Detectron2."""
+"""Check an exported model: the sample images its detections are compared on (with eager mode's,
+by :mod:`.matching`), and the TorchScript file run in a new Python process that imports neither
+fishnet_d2 nor Detectron2."""
 
 import io
 import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import detectron2.data.transforms as T
@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data.detection_utils import convert_PIL_to_numpy
-from detectron2.structures import Boxes, Instances
 from PIL import Image
 from torch import Tensor
 
@@ -23,10 +22,8 @@ from ..predict.images import read_image_file
 from .exporters import Exported
 
 __all__ = [
-    "Difference",
     "sample_images",
     "model_input",
-    "compare_instances",
     "run_in_fresh_process",
     "fresh_process_difference",
     "FRESH_PROCESS_SCRIPT",
@@ -60,47 +57,6 @@ def model_input(cfg: CfgNode, image: np.ndarray) -> Tensor:
     resized = resize.get_transform(image).apply_image(image)
     tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
     return tensor.to(cfg.MODEL.DEVICE)
-
-
-@dataclass
-class Difference:
-    """The largest difference of one output of the exported model to eager mode's."""
-
-    image: str
-    field: str
-    max_abs: float  # max |exported - eager|
-    scale: float  # max |eager|: the output's scale
-    count_mismatch: Optional[Tuple[int, int]] = None  # (exported, eager) numbers of detections
-
-    @property
-    def relative(self) -> float:
-        """``max_abs / scale`` (infinite when the numbers of detections differ)."""
-        if self.count_mismatch is not None:
-            return float("inf")
-        return self.max_abs / self.scale if self.scale > 0 else self.max_abs
-
-
-def _tensor_fields(instances: Instances) -> Dict[str, Tensor]:
-    return {
-        k: (v.tensor if isinstance(v, Boxes) else v).detach().float().cpu()
-        for k, v in instances.get_fields().items()
-    }
-
-
-def compare_instances(image: str, exported: Instances, eager: Instances) -> List[Difference]:
-    """A :class:`Difference` per field of ``eager`` (boxes, scores, classes, masks)."""
-    expected, actual = _tensor_fields(eager), _tensor_fields(exported)
-    if len(exported) != len(eager):
-        return [Difference(image, "detections", float("inf"), 0.0, (len(exported), len(eager)))]
-    differences = []
-    for name, value in expected.items():
-        if name not in actual:
-            raise ValueError(f"{image}: the exported model gives no {name!r}; it gives {sorted(actual)}")
-        other = actual[name].reshape(value.shape)
-        max_abs = float((other - value).abs().max()) if value.numel() else 0.0
-        scale = float(value.abs().max()) if value.numel() else 0.0
-        differences.append(Difference(image, name, max_abs, scale))
-    return differences
 
 
 # Run in a new interpreter: ``python -c FRESH_PROCESS_SCRIPT MODEL INPUTS OUTPUTS METHOD DEVICE``.
