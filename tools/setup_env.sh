@@ -62,7 +62,8 @@ fi
 # detectron2's runtime dependencies and the test tools; pinned, so a second run installs nothing.
 echo "[setup] checking pinned dependencies"
 pip_install numpy pillow setuptools fvcore iopath pycocotools opencv-python-headless matplotlib \
-  omegaconf hydra-core termcolor yacs tabulate cloudpickle tqdm tensorboard pytest hypothesis onnx pytorchcv
+  omegaconf hydra-core termcolor yacs tabulate cloudpickle tqdm tensorboard pytest hypothesis onnx onnxruntime \
+  pytorchcv
 
 # A compiled detectron2 needs a source tree: a directory as is, an archive unpacked into UNPACKED.
 UNPACKED=""
