@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from torch import nn
 
 import fishnet_d2  # noqa: F401  (registers the backbones)
 from fishnet_d2 import FishNet
-from fishnet_d2.modeling.blocks import FusedFrozenBatchNorm2d
 
 from .support import ALL_FEATURES, TINY_ARCH, assert_scripted_equals_eager, fishnet_cfg, use_tiny_arch
 
@@ -114,18 +113,36 @@ def test_every_trainable_parameter_gets_a_gradient():
 STAGES_IN_ORDER = ["stem", "tail.0", "tail.1", "tail.2", "bridge", "body.0", "body.1", "body.2", "head.0", "head.1", "head.2"]
 
 
+def with_random_statistics(model: FishNet) -> FishNet:
+    """``model`` with BatchNorm statistics and affine terms that are not the identity's."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
 @pytest.mark.parametrize("freeze_at", range(12))
 def test_freeze_at(freeze_at):
+    torch.manual_seed(0)
     model = tiny_fishnet(norm="BN", num_classes=3, out_features=ALL_FEATURES + ["linear"], freeze_at=freeze_at)
     frozen_prefixes = tuple(f"{s}." for s in STAGES_IN_ORDER[:freeze_at])
     for name, p in model.named_parameters():
         assert p.requires_grad == (not name.startswith(frozen_prefixes)), name
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            # Frozen stages run the same fast FrozenBN as norm="FrozenBN".
-            assert (type(module) is FusedFrozenBatchNorm2d) == name.startswith(frozen_prefixes), name
+    # Frozen stages normalize by their statistics in training too: they compute what the same
+    # weights compute in eval (a prefix of the stages, so their inputs are frozen ones' too).
+    unfrozen = with_random_statistics(tiny_fishnet(norm="BN", num_classes=3, out_features=ALL_FEATURES + ["linear"]))
+    keys = model.state_dict()  # FrozenBN keeps no num_batches_tracked
+    model.load_state_dict({k: v for k, v in unfrozen.state_dict().items() if k in keys})
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, outputs = unfrozen.eval()(x), model.train()(x)
+    for stage in model.stages()[:freeze_at]:
+        torch.testing.assert_close(outputs[stage.name], expected[stage.name], rtol=1e-4, atol=1e-5, msg=stage.name)
     # Frozen parts get no gradient and keep their statistics in training.
-    model.train()
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
     sum(o.sum() for o in model(torch.rand(2, 3, 32, 32)).values()).backward()
     for name, p in model.named_parameters():
@@ -138,11 +155,15 @@ def test_freeze_at(freeze_at):
 def test_freeze_stem_conv1_freezes_exactly_the_full_resolution_conv():
     model = tiny_fishnet(norm="BN", freeze_stem_conv1=True)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    # Its BatchNorm becomes FrozenBatchNorm2d, whose affine terms are buffers.
+    # Its BatchNorm is frozen too: its affine terms are no parameters, its statistics stay.
     assert frozen == {"stem.conv1.conv.weight"}
-    assert type(model.stem.conv1.norm) is FusedFrozenBatchNorm2d
-    assert isinstance(model.stem.conv2.norm, nn.BatchNorm2d)
     assert model.stem.conv1.conv.stride == (2, 2) and model.stem.conv1.conv.in_channels == 3
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_mean")}
+    with torch.no_grad():
+        model.train()(torch.rand(2, 3, 32, 32))
+    after = model.state_dict()
+    assert torch.equal(before["stem.conv1.norm.running_mean"], after["stem.conv1.norm.running_mean"])
+    assert not torch.equal(before["stem.conv2.norm.running_mean"], after["stem.conv2.norm.running_mean"])
 
 
 def test_freeze_at_out_of_range():
