@@ -56,7 +56,8 @@ def test_family_config_values(path):
     name = path.rsplit("/", 1)[1]
     depth = int(re.search(r"fishnet(\d+)", name).group(1))
     assert cfg.MODEL.FISHNET.DEPTH == depth
-    assert cfg.MODEL.WEIGHTS == f"weights/fishnet{depth}_imagenet_d2.pth"
+    published = {99: "fishnet99_official", 150: "fishnet150_official", 201: "fishnet201_official_welltrained"}
+    assert cfg.MODEL.WEIGHTS == f"fishnet://ImageNet/{published[depth]}"
     assert cfg.MODEL.FISHNET.NORM == "FrozenBN"
     assert cfg.MODEL.FISHNET.FREEZE_STEM_CONV1 is True
     assert set(cfg.MODEL.FPN.IN_FEATURES) <= set(cfg.MODEL.FISHNET.OUT_FEATURES)

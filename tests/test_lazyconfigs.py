@@ -44,7 +44,7 @@ def test_lazyconfig_has_what_lazyconfig_train_net_reads(path):
     assert "params" in cfg.optimizer  # lazyconfig_train_net sets cfg.optimizer.params.model
     for key in ("output_dir", "init_checkpoint", "max_iter", "amp", "ddp", "checkpointer", "eval_period", "log_period", "device"):
         assert key in cfg.train, key
-    assert cfg.train.init_checkpoint == "weights/fishnet150_imagenet_d2.pth"
+    assert cfg.train.init_checkpoint == "fishnet://ImageNet/fishnet150_official"
     assert cfg.model.backbone.bottom_up._target_ is FishNet
     assert cfg.model.backbone.bottom_up.arch.depth == 150
     assert cfg.model.input_format == cfg.dataloader.train.mapper.image_format == "RGB"

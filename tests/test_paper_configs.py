@@ -56,7 +56,7 @@ def test_paper_yaml(path, mask_on):
     fish = cfg.MODEL.FISHNET
     assert (fish.DEPTH, fish.NORM, fish.FREEZE_AT, fish.FREEZE_STEM_CONV1) == (150, "FrozenBN", 0, True)
     assert cfg.MODEL.FPN.IN_FEATURES == ["head2", "head3", "head4", "head5"]
-    assert cfg.MODEL.WEIGHTS == "weights/fishnet150_imagenet_d2.pth"
+    assert cfg.MODEL.WEIGHTS == "fishnet://ImageNet/fishnet150_official"
     assert cfg.MODEL.MASK_ON is mask_on
     assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("coco_2017_train",), ("coco_2017_val",))
     # Detectron v1, as Detectron2's Detectron1-Comparisons

@@ -359,14 +359,14 @@ def test_config_keys_are_the_arch_fields():
 PAPER_BASE = "configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
 # path: (architecture, MASK_ON, weights)
 VARIANT_CONFIGS = {
-    "configs/COCO-InstanceSegmentation/mask_rcnn_fishnext150_FPN_paper.yaml": (FISHNEXT150, True, "weights/fishnext150_imagenet_d2.pth"),
-    "configs/COCO-Detection/faster_rcnn_fishnext150_FPN_paper.yaml": (FISHNEXT150, False, "weights/fishnext150_imagenet_d2.pth"),
-    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_max2.yaml": (FISHNET150, True, "weights/fishnet150_imagenet_d2.pth"),
-    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_max3.yaml": (PARAMETERS["max3"][0], True, "weights/fishnet150_imagenet_d2.pth"),
-    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_avg2.yaml": (PARAMETERS["avg2"][0], True, "weights/fishnet150_imagenet_d2.pth"),
-    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_conv.yaml": (PARAMETERS["conv"][0], True, "weights/fishnet150_downsample_conv_imagenet_d2.pth"),
-    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_dilation_body_head.yaml": (PARAMETERS["body+head"][0], True, "weights/fishnet150_imagenet_d2.pth"),
-    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_dilation_none.yaml": (PARAMETERS["none"][0], True, "weights/fishnet150_imagenet_d2.pth"),
+    "configs/COCO-InstanceSegmentation/mask_rcnn_fishnext150_FPN_paper.yaml": (FISHNEXT150, True, "fishnet://ImageNet/fishnext150"),
+    "configs/COCO-Detection/faster_rcnn_fishnext150_FPN_paper.yaml": (FISHNEXT150, False, "fishnet://ImageNet/fishnext150"),
+    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_max2.yaml": (FISHNET150, True, "fishnet://ImageNet/fishnet150_official"),
+    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_max3.yaml": (PARAMETERS["max3"][0], True, "fishnet://ImageNet/fishnet150_official"),
+    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_avg2.yaml": (PARAMETERS["avg2"][0], True, "fishnet://ImageNet/fishnet150_official"),
+    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_downsample_conv.yaml": (PARAMETERS["conv"][0], True, "fishnet://ImageNet/fishnet150_downsample_conv"),
+    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_dilation_body_head.yaml": (PARAMETERS["body+head"][0], True, "fishnet://ImageNet/fishnet150_official"),
+    "configs/Ablation/mask_rcnn_fishnet150_FPN_paper_dilation_none.yaml": (PARAMETERS["none"][0], True, "fishnet://ImageNet/fishnet150_official"),
 }  # fmt: skip
 
 

@@ -8,4 +8,4 @@ optimizer = model_zoo.get_config("common/optim.py").SGD
 lr_multiplier = model_zoo.get_config("common/coco_schedule.py").lr_multiplier_1x
 train = model_zoo.get_config("common/train.py").train
 train.max_iter = 90000
-train.init_checkpoint = "weights/fishnet150_imagenet_d2.pth"
+train.init_checkpoint = "fishnet://ImageNet/fishnet150_official"

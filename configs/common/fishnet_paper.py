@@ -45,9 +45,9 @@ dataloader.train.mapper.augmentations[0].short_edge_length = (800,)
 
 train = model_zoo.get_config("common/train.py").train
 train.max_iter = epochs_to_iters(32)  # 234532
-# Converted official ImageNet weights, written by
-#   python tools/convert_fishnet_to_d2.py fishnet150_ckpt.tar weights/fishnet150_imagenet_d2.pth
-train.init_checkpoint = "weights/fishnet150_imagenet_d2.pth"
+# Paper: the official FishNet-150 ImageNet weights, trained without tricks; fetched and converted on
+# first use (docs/weights.md).
+train.init_checkpoint = "fishnet://ImageNet/fishnet150_official"
 
 optimizer = L(build_clipped_optimizer)(
     params=L(get_default_optimizer_params)(

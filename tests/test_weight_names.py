@@ -1,0 +1,478 @@
+"""``fishnet://ImageNet/<name>``: the published ImageNet weights fetched, checked, converted and
+cached on first use, against a mirror this test starts on 127.0.0.1 (no internet at test time).
+
+The mirror serves files generated from the layouts in tests/data/ (official) and
+fishnet_d2.weights.pytorchcv_layout (pytorchcv), stored as their sources publish them: the official
+checkpoint as the 2018 code saved it (a DataParallel model's ``state_dict`` with ``best_prec1`` and
+``optimizer``, torch's legacy format), pytorchcv's state_dict zipped. The published pytorchcv file
+is checked by the SHA-1 its name carries, so the generated one, with other bytes, is served under
+its own hash through an entry the test makes (``dataclasses.replace`` of the published one); under
+the published name it must be refused.
+"""
+
+import dataclasses
+import hashlib
+import http.server
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig
+from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
+
+from fishnet_d2 import FISHNET_VARIANTS, model_zoo
+from fishnet_d2.apps.data import DEMO_SPEC, demo_dataset_root, ensure_synthetic_shapes
+from fishnet_d2.weights.download import (
+    CACHE_ENV,
+    MIRROR_ENV,
+    UnpublishedWeightsError,
+    WeightsUnavailableError,
+    fetch_weights,
+)
+from fishnet_d2.weights.pytorchcv_layout import pytorchcv_layout
+from fishnet_d2.weights.zoo import PUBLISHED_WEIGHTS, SCHEME, UNPUBLISHED_WEIGHTS
+
+from .support import REPO, reference_layout
+
+PAPER_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
+STANDARD_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_1x.yaml"
+OFFICIAL_150 = PUBLISHED_WEIGHTS["fishnet150_official"]
+PYTORCHCV_150 = PUBLISHED_WEIGHTS["fishnet150_pytorchcv"]
+# A child process that resolves a name as Detectron2's checkpointer does.
+RESOLVE = (
+    "import logging, sys; logging.basicConfig(level=logging.INFO); import fishnet_d2; "
+    "from detectron2.utils.file_io import PathManager; print(PathManager.get_local_path(sys.argv[1]))"
+)
+
+
+# ---- the published files, generated ----
+
+
+def plausible(key: str, shape: Tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A random value for a weight named ``key`` that keeps a FishNet's activations finite:
+    positive variances, small convolutions (random BatchNorm statistics send a frozen FishNet-150
+    to Inf)."""
+    if key.endswith("num_batches_tracked"):
+        return torch.randint(0, 100, shape, generator=generator)
+    noise = torch.randn(shape, generator=generator)
+    if key.endswith("running_var"):
+        return 1.0 + 0.1 * noise.abs()
+    if len(shape) == 1 and key.endswith("weight"):  # a BatchNorm's scale
+        return 1.0 + 0.1 * noise
+    return 0.01 * noise
+
+
+def official_checkpoint(depth: int) -> Dict:
+    """An official checkpoint as published: DataParallel keys, best_prec1, SGD state."""
+    generator = torch.Generator().manual_seed(depth)
+    state_dict = {f"module.{k}": plausible(k, shape, generator) for k, shape in reference_layout(depth).items()}
+    first = next(iter(state_dict))
+    optimizer = {
+        "state": {140000000000000: {"momentum_buffer": torch.zeros_like(state_dict[first])}},
+        "param_groups": [{"lr": 0.1, "momentum": 0.9, "dampening": 0, "weight_decay": 1e-4, "nesterov": False, "params": [140000000000000]}],
+    }  # fmt: skip
+    return {"state_dict": state_dict, "best_prec1": torch.tensor(78.14), "optimizer": optimizer}
+
+
+def pytorchcv_state_dict(depth: int) -> Dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(depth + 1)
+    return {key: plausible(key, tuple(shape), generator) for key, (_, shape) in pytorchcv_layout(FISHNET_VARIANTS[depth], 1000).items()}
+
+
+def zip_as_pytorchcv(pth: Path, archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.write(pth, pth.name)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Dict[str, Path]:
+    """{file name on the mirror: the generated file}, and under "own_pytorchcv" the pytorchcv
+    archive named with its own SHA-1."""
+    root = tmp_path_factory.mktemp("published")
+    files = {}
+    for depth in (99, 150):
+        entry = PUBLISHED_WEIGHTS[f"fishnet{depth}_official"]
+        torch.save(official_checkpoint(depth), root / entry.file_name, _use_new_zipfile_serialization=False)
+        files[entry.file_name] = root / entry.file_name
+    own = root / "own"
+    own.mkdir()
+    torch.save(pytorchcv_state_dict(150), own / "weights.pth")
+    sha1 = hashlib.sha1((own / "weights.pth").read_bytes()).hexdigest()
+    (own / "weights.pth").rename(own / f"fishnet150-0475-{sha1[:8]}.pth")
+    zip_as_pytorchcv(own / f"fishnet150-0475-{sha1[:8]}.pth", own / f"fishnet150-0475-{sha1[:8]}.pth.zip")
+    files["own_pytorchcv"] = own / f"fishnet150-0475-{sha1[:8]}.pth.zip"
+    # The same bytes under the published name: their SHA-1 is not the published one.
+    published_pth = root / PYTORCHCV_150.archive_member
+    published_pth.write_bytes((own / f"fishnet150-0475-{sha1[:8]}.pth").read_bytes())
+    zip_as_pytorchcv(published_pth, root / PYTORCHCV_150.file_name)
+    files[PYTORCHCV_150.file_name] = root / PYTORCHCV_150.file_name
+    return files
+
+
+# ---- the mirror ----
+
+
+class Mirror:
+    """An HTTP server on 127.0.0.1 serving ``files`` ({name: path}) at ``/<name>``, recording each
+    request. ``faults[name]``: ("status", code), ("drop", bytes sent before the connection closes),
+    ("slow", seconds between 1 MiB chunks) or ("page", html served with status 200)."""
+
+    def __init__(self, files: Dict[str, Path]):
+        self.files = dict(files)
+        self.faults: Dict[str, Tuple[str, object]] = {}
+        self.requests: List[str] = []
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                mirror.requests.append(name)
+                kind, value = mirror.faults.get(name, (None, None))
+                if kind == "status":
+                    self.send_error(value)
+                    return
+                if kind == "page":
+                    data = value.encode()
+                elif name in mirror.files:
+                    data = mirror.files[name].read_bytes()
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    if kind == "drop":
+                        self.wfile.write(data[:value])
+                        self.wfile.flush()
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    for start in range(0, len(data), 1 << 20):
+                        self.wfile.write(data[start : start + (1 << 20)])
+                        if kind == "slow":
+                            time.sleep(value)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirror(published, tmp_path, monkeypatch):
+    """The mirror of the published files, named by FISHNET_D2_MIRROR; an empty cache in
+    FISHNET_D2_CACHE."""
+    server = Mirror(published)
+    monkeypatch.setenv(MIRROR_ENV, server.url)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    yield server
+    server.close()
+
+
+def cache_files(cache: Path) -> List[str]:
+    """What a cache holds, lock files aside."""
+    return sorted(p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def child_env(**extra: str) -> Dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- first use, later uses ----
+
+
+def test_first_use_fetches_converts_and_caches_then_uses_the_cache(mirror, published, tmp_path, monkeypatch):
+    path = PathManager.get_local_path(SCHEME + "fishnet150_official")
+    assert mirror.requests == ["fishnet150_ckpt.tar"]
+    assert Path(path) == tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth"
+    assert cache_files(tmp_path / "cache") == ["fishnet150_official.pth"]
+
+    cached = torch.load(path, weights_only=True)
+    served = torch.load(published["fishnet150_ckpt.tar"], weights_only=True)["state_dict"]
+    assert cached["matching_heuristics"] is True
+    sha256 = hashlib.sha256(published["fishnet150_ckpt.tar"].read_bytes()).hexdigest()
+    assert sha256 in cached["__author__"]
+    model = cached["model"]
+    assert len(model) == len(served) == 905
+    for ours, official in [("stem.conv1.conv.weight", "conv1.0.weight"), ("bridge.attention.excite.bias", "fish.fish.3.3.0.5.bias")]:
+        assert torch.equal(model[ours], served[f"module.{official}"])
+    assert sorted(t.numel() for t in model.values()) == sorted(t.numel() for t in served.values())
+
+    # Later uses: the cached file, without a request, even with no server at all.
+    monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{closed_port()}")
+    assert PathManager.get_local_path(SCHEME + "fishnet150_official") == path
+    with PathManager.open(SCHEME + "fishnet150_official", "rb") as f:
+        assert f.read(2) == Path(path).read_bytes()[:2]
+    assert mirror.requests == ["fishnet150_ckpt.tar"]
+
+
+def test_pytorchcv_zip_is_unpacked_and_checked_by_its_sha1(mirror, published, tmp_path):
+    archive = published["own_pytorchcv"]
+    sha1 = archive.name.split("-")[2][:8]
+    entry = dataclasses.replace(PYTORCHCV_150, url=f"https://github.com/osmr/imgclsmob/releases/download/v0.0.502/{archive.name}", sha1_prefix=sha1)
+    mirror.files[archive.name] = archive
+    path = fetch_weights(entry)
+    assert mirror.requests == [archive.name]
+    model = torch.load(path, weights_only=True)["model"]
+    served = pytorchcv_state_dict(150)
+    assert torch.equal(model["stem.conv1.conv.weight"], served["features.init_block.conv1.conv.weight"])
+    assert torch.equal(model["classifier.fc.bias"], served["output.final_conv.bias"])
+    assert len(model) == len(served)
+    assert cache_files(tmp_path / "cache") == ["fishnet150_pytorchcv.pth"]
+
+
+def test_mirror_may_be_a_directory(published, tmp_path, monkeypatch):
+    monkeypatch.setenv(MIRROR_ENV, published["fishnet99_ckpt.tar"].parent.as_uri())
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    path = PathManager.get_local_path(SCHEME + "fishnet99_official")
+    assert len(torch.load(path, weights_only=True)["model"]) == 599
+
+
+# ---- faults: a one-paragraph error, and nothing in the cache ----
+
+FAULTS = {
+    # name -> (served name, fault, words of the message)
+    "no network": ("fishnet150_official", None, ["no connection", "Connection refused", MIRROR_ENV, "tools/convert_fishnet_to_d2.py"]),
+    "HTTP 404": ("fishnet150_official", ("status", 404), ["HTTP 404", MIRROR_ENV]),
+    "HTTP 403": ("fishnet150_official", ("status", 403), ["HTTP 403", "https://www.dropbox.com/s/hjadcef18ln3o2v/fishnet150_ckpt.tar?dl=1"]),
+    "connection dropped": ("fishnet150_official", ("drop", 3 << 20), ["dropped after 3,145,728 of", "Run again"]),
+    "a web page": ("fishnet150_official", ("page", "<!DOCTYPE html><html>Link expired</html>"), ["sent a web page"]),
+    "not a checkpoint": ("fishnet150_official", ("page", "garbage " * 100), ["not a readable torch checkpoint"]),
+    "another variant": ("fishnet150_official", ("alias", "fishnet99_ckpt.tar"), ["it holds FishNet-99", "not FishNet-150"]),
+    "bad hash": ("fishnet150_pytorchcv", None, ["SHA-1", "does not begin with the published 93e26daa"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_each_fault_is_one_paragraph_and_leaves_no_cache_entry(mirror, tmp_path, monkeypatch, fault):
+    name, how, words = FAULTS[fault]
+    entry = PUBLISHED_WEIGHTS[name]
+    if fault == "no network":
+        monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{closed_port()}")
+    elif how and how[0] == "alias":
+        mirror.files[entry.file_name] = mirror.files[how[1]]
+    elif how:
+        mirror.faults[entry.file_name] = how
+    with pytest.raises(WeightsUnavailableError) as raised:
+        PathManager.get_local_path(SCHEME + name)
+    message = str(raised.value)
+    assert message.startswith(f"{SCHEME}{name}: "), message
+    assert "\n\n" not in message and "Nothing was written to the cache" in message, message
+    for word in words:
+        assert word in message, message
+    assert cache_files(tmp_path / "cache") == []
+
+
+def test_unknown_and_unpublished_names():
+    with pytest.raises(ValueError, match="published: fishnet99_official, fishnet150_official"):
+        PathManager.get_local_path(SCHEME + "fishnet151_official")
+    for name, network in UNPUBLISHED_WEIGHTS.items():
+        with pytest.raises(UnpublishedWeightsError) as raised:
+            PathManager.get_local_path(SCHEME + name)
+        for words in (network, "Two ways on", "MODEL.WEIGHTS", "MODEL.FISHNET.NORM BN, SyncBN or GN"):
+            assert words in str(raised.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_download_leaves_nothing(mirror, tmp_path):
+    mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.5)
+    cache = tmp_path / "cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", RESOLVE, SCHEME + "fishnet150_official"],
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size for p in cache.rglob("*.download")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode != 0
+    assert "KeyboardInterrupt: fishnet://ImageNet/fishnet150_official: interrupted while fetching" in stderr, stderr
+    assert cache_files(cache) == []
+
+
+@pytest.mark.slow
+def test_a_full_disk_gives_an_error_and_leaves_nothing(mirror, tmp_path):
+    def limited_file_size():  # writes past 2 MiB fail as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    child = subprocess.run(
+        [sys.executable, "-c", RESOLVE, SCHEME + "fishnet150_official"],
+        env=child_env(), capture_output=True, text=True, preexec_fn=limited_file_size, timeout=300,
+    )  # fmt: skip
+    assert child.returncode != 0
+    message = re.search(r"WeightsUnavailableError: (.*)", child.stderr).group(1)
+    assert "could not write the download in" in message and "File too large" in message, message
+    assert f"set {CACHE_ENV} to a writable directory" in message
+    assert cache_files(tmp_path / "cache") == []
+
+
+@pytest.mark.slow
+def test_processes_starting_together_download_once(mirror, tmp_path):
+    mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.08)  # ~8 s: the processes overlap
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", RESOLVE, SCHEME + "fishnet150_official"],
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0, 0], results
+    expected = str(tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth")
+    assert [out.strip() for out, _ in results] == [expected, expected]
+    assert mirror.requests == [OFFICIAL_150.file_name]
+    assert sum("Waiting for another process" in err for _, err in results) == 1
+    assert len(torch.load(expected, weights_only=True)["model"]) == 905
+
+
+# ---- the configs name the weights ----
+
+
+def expected_weights(cfg) -> str:
+    """The weights a YAML config's network starts from."""
+    fish = cfg.MODEL.FISHNET
+    if fish.DEPTH == 0:
+        return ""  # a custom network (the demo), trained from scratch
+    if fish.GROUP_WIDTH:
+        return SCHEME + "fishnext150"
+    if fish.DOWNSAMPLE == "conv":
+        return SCHEME + "fishnet150_downsample_conv"
+    return SCHEME + {99: "fishnet99_official", 150: "fishnet150_official", 201: "fishnet201_official_welltrained"}[fish.DEPTH]
+
+
+# The configs that train a model (not the _BASE_ files they inherit, nor LazyConfig building blocks).
+CONFIGS = [n for n in model_zoo.list_configs() if not n.startswith("common/") and not Path(n).name.startswith("Base-")]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_names_the_weights_of_its_network(name):
+    if name.endswith(".py"):
+        lazy = LazyConfig.load(model_zoo.get_config_file(name))
+        assert lazy.train.init_checkpoint == model_zoo.get_config(name.replace(".py", ".yaml")).MODEL.WEIGHTS
+        return
+    cfg = model_zoo.get_config(name)
+    assert cfg.MODEL.WEIGHTS == expected_weights(cfg)
+    if "_paper" in name and not cfg.MODEL.FISHNET.GROUP_WIDTH and cfg.MODEL.FISHNET.DOWNSAMPLE != "conv":
+        assert cfg.MODEL.WEIGHTS == SCHEME + "fishnet150_official"  # the paper's: no tricks
+
+
+@pytest.mark.slow
+def test_config_without_published_weights_stops_when_training_starts():
+    cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_fishnext150_FPN_paper.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    with pytest.raises(UnpublishedWeightsError, match=r"FishNeXt-150 .* Two ways on"):
+        DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+
+
+# ---- from the config to a trained first iteration ----
+
+TINY_TRAINING = [
+    "DATASETS.TRAIN", "('fishnet_demo_train',)", "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "4",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MASK_FORMAT", "bitmask",
+    "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.REFERENCE_WORLD_SIZE", "0",
+    "SOLVER.MAX_ITER", "1", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0", "MODEL.DEVICE", "cpu",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+    # Learning rate 0: the trained iteration leaves every weight as loaded, to be compared.
+    "SOLVER.BASE_LR", "0.0", "OUTPUT_DIR", "output",
+]  # fmt: skip
+
+# Detectron2's tools/train_net.py (training part), with the plugin's two lines.
+DETECTRON2_TRAIN_NET = """
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+import fishnet_d2  # the plugin's two lines: this one ...
+import fishnet_d2.apps.data  # the demo's dataset, which this test trains on
+
+def setup(args):
+    cfg = get_cfg()
+    fishnet_d2.add_fishnet_config(cfg)  # ... and this one
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+def main(args):
+    trainer = DefaultTrainer(setup(args))
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, args=(args,))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_datasets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_shapes(root / demo_dataset_root().name, DEMO_SPEC)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["fishnet_d2", "detectron2"])
+def test_training_from_an_empty_directory_starts_from_the_named_weights(mirror, demo_datasets, tmp_path, script):
+    """tools/train_net.py on the packaged paper config (or Detectron2's train_net.py, with the
+    plugin's two lines, on the packaged 1x config), run where nothing else is: the official FishNet-150 weights are fetched from the mirror,
+    converted, loaded into every backbone tensor, and the first iteration is trained."""
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+    if script == "fishnet_d2":
+        command = [str(REPO / "tools" / "train_net.py"), "--config-file", PAPER_CONFIG]
+    else:
+        (tmp_path / "d2_train_net.py").write_text(DETECTRON2_TRAIN_NET)
+        # The 1x config: the paper's clips the gradient norm of the whole model, which only
+        # fishnet_d2's trainer does (Detectron2's clips per parameter).
+        command = [str(tmp_path / "d2_train_net.py"), "--config-file", model_zoo.get_config_file(STANDARD_CONFIG)]
+    run = subprocess.run(
+        [sys.executable, *command, *TINY_TRAINING], cwd=workdir, capture_output=True, text=True, timeout=600,
+        env=child_env(DETECTRON2_DATASETS=str(demo_datasets), OMP_NUM_THREADS="2"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert mirror.requests == [OFFICIAL_150.file_name]
+    trained = torch.load(workdir / "output" / "model_final.pth", weights_only=True)
+    assert trained["iteration"] == 0  # the first iteration (0-based), trained
+    converted = torch.load(tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth", weights_only=True)["model"]
+    backbone = {k[len("backbone.bottom_up.") :]: v for k, v in trained["model"].items() if k.startswith("backbone.bottom_up.")}
+    compared = [k for k in backbone if k in converted]
+    # Every tensor of the backbone: the file's 905 less 150 BatchNorm counters and the classifier's 11.
+    assert len(compared) == len(backbone) == 744
+    for key in compared:
+        assert torch.equal(backbone[key], converted[key]), key
+    assert sorted(os.listdir(workdir)) == ["output"]  # nothing else written where it ran
