@@ -18,10 +18,7 @@ __all__ = [
     "official_body_dilations",
 ]
 
-# Where the refining blocks are dilated (paper, sec. 4.3, "Dilated convolution"):
-#   "body": the body's refining blocks M, by body_dilations (the official model),
-#   "body+head": also the head's refining blocks, the body's rates mirrored (see head_refine_dilations),
-#   "none": no dilation anywhere (body_dilations is then unused).
+# The values of FishNetArch.dilated_parts (its doc says what each dilates).
 DILATED_PARTS = ("body", "body+head", "none")
 # FishNetArch's fields that are not positive integers (checked each on its own).
 _CHOICES = ("group_width", "downsample", "dilated_parts")
@@ -360,8 +357,9 @@ FISHNEXT_VARIANTS: Dict[int, FishNetArch] = {
     150: dataclasses.replace(FISHNET_VARIANTS[150], group_width=4),
 }
 
-# What the paper varies on an official variant, so that DEPTH 99/150/201 takes it (the other
-# fields make another architecture: set DEPTH 0 and give them all):
+# What the paper varies on an official variant, so that DEPTH 99/150/201 takes it: the fields with
+# a default, the official model's (the other fields make another architecture: set DEPTH 0 and
+# give them all):
 #   body_dilations, dilated_parts: the dilation ablation (sec. 4.3, on FishNet-150); dilation
 #     leaves no trace in the weights, so the official ImageNet weights still load.
 #   downsample: the down-sampling ablation (Table 2, "based on FishNet-150"). The pools have no
@@ -370,7 +368,7 @@ FISHNEXT_VARIANTS: Dict[int, FishNetArch] = {
 #     framework. It does not specify the building block"): FishNeXt-150 is FishNet-150's depths
 #     and widths with group width 4. Its 3x3 convs and bottlenecks have other shapes than the
 #     official weights'.
-VARIANT_OPTIONS = ("body_dilations", "group_width", "downsample", "dilated_parts")
+VARIANT_OPTIONS = tuple(f.name for f in fields(FishNetArch) if f.default is not dataclasses.MISSING)
 
 
 def fishnet_arch(depth: int = 150, **fields: Any) -> FishNetArch:

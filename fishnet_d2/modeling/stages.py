@@ -111,14 +111,9 @@ def transfer_blocks(channels: int, num_blocks: int, *, group_width: int = 0, nor
     )
 
 
-# How tail and head stages halve the resolution (paper, sec. 3.2 and 4.3, Table 2), the
-# ``downsample`` of FishNetArch and of the stages: a pool after the residual blocks,
-#   "max2": 2x2 max-pool, stride 2 (the paper's choice and the official model's),
-#   "max3": 3x3 max-pool, stride 2, padding 1 (overlapping windows; the padding halves an even
-#           size exactly, as the 2x2 pools do and as the stem's 3x3 pool),
-#   "avg2": 2x2 average pool, stride 2,
-# or "conv": the last residual block of the stage carries the stride (its 3x3 conv has stride 2,
-#   its shortcut is a strided 1x1 conv), in the tail and in the head (Table 2, footnote).
+# The values of ``downsample`` (FishNetArch.downsample says what each is; paper, Table 2): a pool
+# after the residual blocks, or "conv", the last block strided (blocks_then_downsampling). "max3"
+# pads by 1 so that it halves an even size exactly, as the 2x2 pools do (and the stem's 3x3 pool).
 POOLS = {
     "max2": lambda: nn.MaxPool2d(kernel_size=2, stride=2),
     "max3": lambda: nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
