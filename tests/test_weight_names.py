@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import http.server
 import os
+import pickle
 import re
 import resource
 import signal
@@ -45,7 +46,7 @@ from fishnet_d2.weights.download import (
 from fishnet_d2.weights.pytorchcv_layout import pytorchcv_layout
 from fishnet_d2.weights.zoo import PUBLISHED_WEIGHTS, SCHEME, UNPUBLISHED_WEIGHTS
 
-from .support import REPO, reference_layout
+from .support import REPO, reference_layout, run_converter
 
 PAPER_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.yaml"
 STANDARD_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_1x.yaml"
@@ -258,6 +259,18 @@ def test_mirror_may_be_a_directory(published, tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     path = PathManager.get_local_path(SCHEME + "fishnet99_official")
     assert len(torch.load(path, weights_only=True)["model"]) == 599
+
+
+def test_the_converter_takes_a_weight_name(mirror, tmp_path):
+    output = tmp_path / "fishnet99.pkl"
+    result = run_converter(SCHEME + "fishnet99_official", output)
+    assert result.returncode == 0, result.stderr
+    assert mirror.requests == ["fishnet99_ckpt.tar"] and "FishNet-99" in result.stdout
+    with open(output, "rb") as f:
+        assert len(pickle.load(f)["model"]) == 599
+    result = run_converter(SCHEME + "fishnext150", tmp_path / "fishnext150.pkl")
+    assert result.returncode == 1 and "Two ways on" in result.stderr
+    assert not (tmp_path / "fishnext150.pkl").exists()
 
 
 # ---- faults: a one-paragraph error, and nothing in the cache ----

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from detectron2.utils.file_io import PathManager
 
 from .atomic_file import atomic_write
 from .files import CheckpointLoadError, listing, read_checkpoint
@@ -266,7 +267,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "input",
         help="official checkpoint (e.g. fishnet150_ckpt.tar), pytorchcv weights "
-        "(e.g. fishnet150-0475-93e26daa.pth), or a state_dict in fishnet_d2's keys",
+        "(e.g. fishnet150-0475-93e26daa.pth), a state_dict in fishnet_d2's keys, or a weight name "
+        "(fishnet://ImageNet/<name>, docs/weights.md)",
     )
     parser.add_argument("output", help="output file: .pth (torch, default) or .pkl (model-zoo format)")
     parser.add_argument(
@@ -280,8 +282,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: OUTPUT is the INPUT file ({args.input}); choose another path", file=sys.stderr)
         return 2
     try:
-        converted = convert_state_dict(load_state_dict(args.input), layout=args.layout)
-    except (CheckpointLoadError, FileNotFoundError) as e:
+        # A name Detectron2's PathManager resolves (fishnet://ImageNet/<name>, a URL): its local file.
+        source = PathManager.get_local_path(args.input) if "://" in args.input else args.input
+        converted = convert_state_dict(load_state_dict(source), layout=args.layout)
+    except (CheckpointLoadError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}\nnothing was written to {args.output}", file=sys.stderr)
         return 1
     author = f"fishnet_d2 converter, from {os.path.basename(args.input)} ({converted.layout} layout)"

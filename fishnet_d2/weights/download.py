@@ -85,12 +85,17 @@ def download_url(weights: PublishedWeights, mirror: Optional[str] = None) -> str
     return f"{mirror.rstrip('/')}/{weights.file_name}" if mirror else weights.url
 
 
-def _ways_on(weights: PublishedWeights, cache: str) -> str:
+def _ways_on(weights: PublishedWeights, url: str, cache: str) -> str:
     unzip = " (unzip it first)" if weights.archive_member else ""
     local = weights.archive_member or weights.file_name
+    where = (
+        f"the mirror ({MIRROR_ENV}) must serve the published file as {url}"
+        if url != weights.url
+        else f"without access to its host, set {MIRROR_ENV} to the base URL of a copy of the published "
+        f"files (http://, https:// or file:///shared/dir) that has this one as {weights.file_name}"
+    )
     return (
-        f"Without access to its host, set {MIRROR_ENV} to the base URL of a copy of the published "
-        f"files (http://, https:// or file:///shared/dir) that has this one as {weights.file_name}; "
+        f"Ways on: {where}; "
         f"or download {weights.url} yourself{unzip}, convert it with `python tools/convert_fishnet_to_d2.py "
         f"{local} {weights.name}.pth` and set MODEL.WEIGHTS to that file. Nothing was written to "
         f"the cache ({cache})."
@@ -140,11 +145,11 @@ def _download(weights: PublishedWeights, url: str, destination: str, cache: str)
         response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as e:
         reason = f"the server answered HTTP {e.code} {e.reason}"
-        raise WeightsUnavailableError(f"{SCHEME}{weights.name}: could not download {url}: {reason}. {_ways_on(weights, cache)}") from None
+        raise WeightsUnavailableError(f"{SCHEME}{weights.name}: could not download {url}: {reason}. {_ways_on(weights, url, cache)}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise WeightsUnavailableError(
-            f"{SCHEME}{weights.name}: could not download {url}: no connection ({reason}). {_ways_on(weights, cache)}"
+            f"{SCHEME}{weights.name}: could not download {url}: no connection ({reason}). {_ways_on(weights, url, cache)}"
         ) from None
     length = response.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else None
@@ -165,7 +170,7 @@ def _download(weights: PublishedWeights, url: str, destination: str, cache: str)
                 of = f" of {total:,}" if total is not None else ""
                 raise WeightsUnavailableError(
                     f"{SCHEME}{weights.name}: the connection to {url} dropped after {received:,}{of} bytes"
-                    f"{f' ({dropped})' if dropped else ''}. Run again to download it again. {_ways_on(weights, cache)}"
+                    f"{f' ({dropped})' if dropped else ''}. Run again to download it again. {_ways_on(weights, url, cache)}"
                 )
             if not chunk:
                 break
@@ -183,7 +188,7 @@ def _not_the_weights(weights: PublishedWeights, url: str, reason: str, cache: st
     return WeightsUnavailableError(
         f"{SCHEME}{weights.name}: the file from {url} is not {weights.description} "
         f"({weights.file_name}): {reason} The published file may have been replaced, or the mirror "
-        f"serves another one under that name. {_ways_on(weights, cache)}"
+        f"serves another one under that name. {_ways_on(weights, url, cache)}"
     )
 
 
