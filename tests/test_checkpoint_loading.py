@@ -14,6 +14,7 @@ from detectron2.modeling import build_backbone
 
 from fishnet_d2.weights.checkpointer import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
 from fishnet_d2.weights.convert import save_d2_checkpoint
+from fishnet_d2.weights.files import read_checkpoint
 
 from .support import tiny_mask_rcnn_cfg
 
@@ -111,6 +112,30 @@ def test_imagenet_classifier_and_dataparallel_prefix(model, tmp_path):
         assert torch.equal(model.state_dict()[key[len("module.") :]], value), key
 
 
+def test_caffe2_and_pycls_files(model, tmp_path):
+    """Detectron1 / Caffe2 model-zoo pickles (weights under "blobs", SGD's momentum beside them)
+    and pycls ``.pyth`` files ("model_state") give their weights with Detectron2's name matching;
+    a ``.pyth`` loads into the detector."""
+    state = tiny_backbone_state()
+    blobs = {k: v.numpy() for k, v in state.items()}
+    momentum = {f"{k}_momentum": np.zeros_like(v) for k, v in blobs.items()}
+    (tmp_path / "caffe2.pkl").write_bytes(pickle.dumps({"blobs": {**blobs, **momentum}}, protocol=2))
+    checkpoint = read_checkpoint(str(tmp_path / "caffe2.pkl"))
+    assert checkpoint.keys() == {"model", "__author__", "matching_heuristics"}
+    assert checkpoint["__author__"] == "Caffe2" and checkpoint["matching_heuristics"] is True
+    assert checkpoint["model"].keys() == state.keys()
+    assert all(torch.equal(checkpoint["model"][k], v) for k, v in state.items())
+
+    torch.save({"model_state": state, "epoch": 3}, tmp_path / "pycls.pyth")
+    checkpoint = read_checkpoint(str(tmp_path / "pycls.pyth"))
+    weights = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert len(weights) < len(state) and checkpoint["model"].keys() == weights.keys()
+    assert (checkpoint["__author__"], checkpoint["matching_heuristics"]) == ("pycls", True)
+    FishNetCheckpointer(model).load(str(tmp_path / "pycls.pyth"))
+    bottom_up = model.backbone.bottom_up.state_dict()
+    assert all(torch.equal(bottom_up[k], v) for k, v in weights.items())
+
+
 # ---- files that are refused ----
 
 
@@ -149,6 +174,8 @@ def write_file(path, kind: str, model) -> None:
         torch.save({"model": good_state}, path)
     elif kind == "plain pickle as pth":
         path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in good_state.items()}}))
+    elif kind == "pyth without model_state":
+        torch.save({"model": good_state}, path)
     elif kind == "official FishNet":
         torch.save({"state_dict": {"module.conv1.0.weight": torch.rand(16, 3, 3, 3)}, "epoch": 100}, path)
     elif kind == "torchvision resnet":
@@ -190,7 +217,8 @@ BAD_FILES = [
     ("object array", ".pkl", "backbone.w (numpy dtype object)"),
     ("plain pickle as pth", ".pth", "a plain pickle, not a torch checkpoint"),
     ("torch file as pkl", ".pkl", "a torch checkpoint (zip archive) under a .pkl name: name it .pth"),
-    ("official FishNet", ".pth", "an official FishNet checkpoint? Convert it first"),
+    ("pyth without model_state", ".pyth", "a .pyth (pycls) checkpoint needs a dict 'model_state'; found model"),
+    ("official FishNet", ".pth", "the file's names: conv1.0.weight\n  ImageNet weights of a FishNet (the official code's"),
     ("torchvision resnet", ".pth", "the weights of another model: the file gives 0 of the"),
     ("resnet, model zoo pkl", ".pkl", "the weights of another model: the file gives 0 of the"),
     ("FishNet of other widths", ".pkl", "after Detectron2 matched names by suffix"),
@@ -284,7 +312,8 @@ def test_malicious_pickle_runs_no_code(model, tmp_path, fmt, kind):
     with pytest.raises(UnsafeCheckpointError) as error:
         FishNetCheckpointer(model).load(str(path))
     function = PAYLOADS[kind]
-    global_name = f"{function.__module__}.{function.__qualname__}"  # io.open, posix.system, numpy.save
+    # What pickle writes: _io.open (io.open before Python 3.12), posix.system, numpy.save.
+    global_name = f"{function.__module__}.{function.__qualname__}"
     message = str(error.value)
     assert message.startswith(f"{path}: refused to load: reading it would call "), message
     assert global_name in message.split("would call ")[1].split(", not allowed")[0].split(", "), message

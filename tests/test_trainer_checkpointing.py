@@ -71,7 +71,8 @@ class CreatesAFile:
 BAD_WEIGHTS = {
     "missing.pth": (FileNotFoundError, "missing.pth': no such file"),
     "truncated.pth": (CheckpointLoadError, "truncated.pth: not a readable torch checkpoint (truncated"),
-    "malicious.pkl": (UnsafeCheckpointError, "malicious.pkl: refused to load: reading it would call io.open"),
+    # pickle names open by its __module__: _io from Python 3.12, io before
+    "malicious.pkl": (UnsafeCheckpointError, f"malicious.pkl: refused to load: reading it would call {open.__module__}.open"),
     "resnet.pth": (CheckpointLoadError, "resnet.pth: the weights of another model"),
     "weights.pth?strict=True": (ValueError, "Unsupported query remaining: f{'strict': ['True']}"),
 }
