@@ -16,7 +16,6 @@ from detectron2.modeling import build_backbone
 from torch import nn
 
 from fishnet_d2 import FishNet
-from fishnet_d2.weights.official_layout import infer_arch, official_layout
 from fishnet_d2.modeling.blocks import (
     ChannelSumReduction,
     ConvNormReLU,
@@ -26,6 +25,7 @@ from fishnet_d2.modeling.blocks import (
     PreActProjection,
     ScoreUnit,
 )
+from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
 from .support import (
     ALL_FEATURES,
@@ -243,7 +243,7 @@ def test_every_fast_path_computes_what_the_plain_fishnet_does(norm, training):
     outputs, grads = train_step(plain, x)
     fast_outputs, fast_grads = train_step(fast, x)
     assert_close_to_scale(fast_outputs, outputs)
-    assert fast_grads.keys() <= grads.keys() and len(fast_grads) > len(ALL_FEATURES)
+    assert fast_grads.keys() <= grads.keys() and len(fast_grads) > 1  # the input's and the convs'
     assert_close_to_scale([flat(fast_grads)], [flat(grads, fast_grads)])
     # BatchNorm's statistics after the step (a FrozenBN's are BatchNorm's, not updated in eval).
     state, fast_state = plain.state_dict(), fast.state_dict()
