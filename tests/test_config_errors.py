@@ -23,7 +23,7 @@ def official(**changes):
 
 
 def tiny(**changes):
-    """The same on the tiny FishNet of tests/common.py."""
+    """The same on the tiny FishNet of tests/support.py."""
     return lambda cfg: official(**changes)(use_tiny_arch(cfg))
 
 

@@ -49,7 +49,7 @@ FIELDS = {
 
 
 def tiny_cfg(architecture: str):
-    """The tiny Mask R-CNN of tiny_detection.py, or its Faster R-CNN or RetinaNet; every detection
+    """The tiny Mask R-CNN of tests/support.py, or its Faster R-CNN or RetinaNet; every detection
     kept (score threshold 0), so that the random weights give TEST.DETECTIONS_PER_IMAGE (10)."""
     cfg = tiny_mask_rcnn_cfg()
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
