@@ -13,9 +13,8 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from fishnet_d2 import FishNet
-from fishnet_d2.apps.data import register_synthetic_shapes
 
-from .support import IMAGE_SIZE, REPO, TINY_SHAPES, shrink_lazy_model, synthetic_batch
+from .support import IMAGE_SIZE, REPO, shrink_lazy_model, synthetic_batch
 
 LAZY_CONFIGS = sorted(
     p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.py") if "common" not in p.parts
@@ -94,12 +93,6 @@ def test_lazyconfig_model_trains(path):
         assert all(norm > 1e-2 for norm in record.norms)
 
 
-@pytest.fixture(scope="module")
-def tiny_shapes(tmp_path_factory):
-    """The tests' tiny shapes dataset: split -> registered name."""
-    return register_synthetic_shapes("fishnet_lazy_test", tmp_path_factory.mktemp("shapes"), TINY_SHAPES)
-
-
 @pytest.mark.parametrize(
     "path",
     ["configs/COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_paper.py", "configs/COCO-Detection/faster_rcnn_fishnet150_FPN_paper.py"],
@@ -107,10 +100,11 @@ def tiny_shapes(tmp_path_factory):
 def test_lazyconfig_train_net_sequence(path, tiny_shapes, tmp_path):
     """What Detectron2's tools/lazyconfig_train_net.py does (do_train, then do_test through its
     EvalHook), on the config with only the dataset, sizes and iterations changed."""
+    _, names = tiny_shapes
     cfg = load(path)
     shrink_lazy_model(cfg.model, num_classes=4)
-    cfg.dataloader.train.dataset.names = tiny_shapes["train"]
-    cfg.dataloader.test.dataset.names = tiny_shapes["val"]
+    cfg.dataloader.train.dataset.names = names["train"]
+    cfg.dataloader.test.dataset.names = names["val"]
     cfg.dataloader.train.mapper.augmentations[0].short_edge_length = (IMAGE_SIZE[0],)
     cfg.dataloader.test.mapper.augmentations[0].short_edge_length = IMAGE_SIZE[0]
     cfg.dataloader.train.total_batch_size = 2
