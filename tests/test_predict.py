@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import Boxes, Instances
 from PIL import Image
@@ -189,6 +189,85 @@ def test_image_ids():
     assert assign_image_ids(["a/000000397133.jpg", "b/42.png"]) == {"a/000000397133.jpg": 397133, "b/42.png": 42}
     assert assign_image_ids(["x.png", "7.png"]) == {"x.png": 1, "7.png": 2}
     assert assign_image_ids(["1.png", "d/001.png"]) == {"1.png": 1, "d/001.png": 2}  # 1 twice: by order
+
+
+def test_ids_from_a_coco_annotations_file_by_file_name(config_file, images, tmp_path):
+    """The results evaluate against the annotations: COCO.loadRes takes them, ids and categories."""
+    annotations = {
+        "images": [
+            {"id": 17, "file_name": f"{images.name}/good.png", "height": 80, "width": 100},
+            {"id": 5, "file_name": "photo.jpg", "height": 50, "width": 70},
+            {"id": 9, "file_name": "elsewhere/good.png", "height": 80, "width": 100},  # a name twice
+        ],
+        "annotations": [],
+        "categories": [{"id": c, "name": name} for c, name in zip((40, 10, 30, 20), "abcd")],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(annotations))
+    status, _, err = run(
+        "--config-file", config_file, "--input", images / "good.png", images / "photo.jpg",
+        "--annotations", tmp_path / "instances.json", "--output", tmp_path / "out", "--confidence-threshold", "0",
+    )  # fmt: skip
+    assert status == 0, err
+    listed = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert {Path(i["file_name"]).name: i["id"] for i in listed} == {"good.png": 17, "photo.jpg": 5}
+    results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {17, 5}
+    assert {r["category_id"] for r in results} <= {10, 20, 30, 40}  # class i: the i-th id in order
+    gt = COCO(str(tmp_path / "instances.json"))
+    assert len(gt.loadRes(str(tmp_path / "out" / "coco_instances_results.json")).getAnnIds()) == len(results)
+
+
+def test_ids_from_a_registered_dataset(config_file, tiny_shapes, tmp_path):
+    root, names = tiny_shapes
+    records = DatasetCatalog.get(names["val"])
+    files = [r["file_name"] for r in records[:3]]
+    status, _, err = run(
+        "--config-file", config_file, "--input", *files, "--dataset", names["val"], "--output", tmp_path, "--confidence-threshold", "0"
+    )
+    assert status == 0, err
+    listed = json.loads((tmp_path / "images.json").read_text())
+    assert {i["file_name"]: i["id"] for i in listed} == {r["file_name"]: r["image_id"] for r in records[:3]}
+    assert {r["image_id"] for r in json.loads((tmp_path / "coco_instances_results.json").read_text())} <= {
+        r["image_id"] for r in records[:3]
+    }
+
+
+def test_images_not_in_the_dataset_are_refused(config_file, images, tiny_shapes, tmp_path):
+    _, names = tiny_shapes
+    status, _, err = run(
+        "--config-file", config_file, "--input", images / "good.png", "--dataset", names["val"], "--output", tmp_path / "out"
+    )
+    assert status == 1
+    assert f"error: the inputs must be images of dataset {names['val']}, found by file name; not in it (1): {images / 'good.png'}" in err
+    assert not (tmp_path / "out").exists()
+    status, _, err = run("--config-file", config_file, "--input", images, "--dataset", "no_such_set", "--output", tmp_path / "out")
+    assert status == 1 and "--dataset no_such_set: no dataset of that name is registered; registered: " in err
+    (tmp_path / "bad.json").write_text('{"images": []}')
+    status, _, err = run("--config-file", config_file, "--input", images, "--annotations", tmp_path / "bad.json", "--output", tmp_path / "out")
+    assert status == 1 and f"--annotations {tmp_path / 'bad.json'}: not COCO annotations" in err
+    status, _, err = run(
+        "--config-file", config_file, "--video-input", "clip.mp4", "--dataset", names["val"], "--output", tmp_path / "out"
+    )
+    assert status == 2 and "--dataset and --annotations number images (--input)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_overrides_after_the_options_or_after_opts(config_file, images, tmp_path):
+    for overrides in (["TEST.DETECTIONS_PER_IMAGE", "3"], ["--opts", "TEST.DETECTIONS_PER_IMAGE", "3"]):
+        output = tmp_path / overrides[0]
+        status, _, err = run(
+            "--config-file", config_file, "--input", images / "good.png", "--output", output, "--confidence-threshold", "0", *overrides
+        )
+        assert status == 0, err
+        assert len(json.loads((output / "coco_instances_results.json").read_text())) == 3
+    status, _, err = run(
+        "--config-file", config_file, "--output", tmp_path, "--input", images / "good.png", "MODEL.DEVICE", "cpu"
+    )  # --input takes every path up to the next option: the overrides come after the options
+    assert status == 2 and "MODEL.DEVICE is a config key, not a file; config overrides go after the last option" in err
+    status, _, err = run(
+        "--config-file", config_file, "--input", images / "good.png", "--output", tmp_path, "MODEL.DEVICE", "cpu", "--opts", "X", "1"
+    )
+    assert status == 2 and "config overrides are KEY VALUE pairs, after every option; --opts is among them" in err
 
 
 @pytest.mark.parametrize("argument", ["missing.png", "empty", "nothing*.png"])

@@ -3,7 +3,7 @@
 and check the exported model against eager mode.
 
     python tools/export_model.py --config-file CONFIG --export-method {scripting,tracing} \
-        --format {torchscript,onnx} --output DIR [--sample-image IMAGE] --opts MODEL.WEIGHTS model_final.pth
+        --format {torchscript,onnx} --output DIR [--sample-image IMAGE] MODEL.WEIGHTS model_final.pth
 
 CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.apps.export.
 """

@@ -3,7 +3,9 @@
 predictions and write them as COCO results.
 
     python tools/predict.py --config-file CONFIG --input photos/ 'more/*.jpg' --output out/ \
-        --opts MODEL.WEIGHTS model_final.pth
+        MODEL.WEIGHTS model_final.pth
+    python tools/predict.py --config-file CONFIG --input datasets/fishnet_demo/val --dataset fishnet_demo_val \
+        --confidence-threshold 0.05 --output out/ MODEL.WEIGHTS model_final.pth   # results to evaluate
     python tools/predict.py --config-file CONFIG --video-input clip.mp4 --output out/clip.mp4
 
 CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fishnet_d2.apps.predict.

@@ -76,9 +76,18 @@ def resolve_config_file(path_or_name: str) -> str:
     return get_config_file(path_or_name)
 
 
+class _AppendOverrides(argparse.Action):
+    """Adds its ``KEY VALUE`` items to those given before (``--opts`` and trailing ones)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(getattr(namespace, self.dest, None) or []) + list(values))
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config-file`` (a path or a fishnet_d2 config name) and ``--opts KEY VALUE ...``, as
-    Detectron2's demo and export tools take them: what :func:`load_config` reads."""
+    """``--config-file`` (a path or a fishnet_d2 config name) and config overrides, ``KEY VALUE``
+    pairs after the options as Detectron2's ``train_net.py`` and ``export_model.py`` take them, or
+    after ``--opts`` as its ``demo.py`` does; both land in ``args.opts``, what :func:`load_config`
+    reads."""
     parser.add_argument(
         "--config-file",
         required=True,
@@ -89,8 +98,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--opts",
         default=[],
         nargs=argparse.REMAINDER,
+        action=_AppendOverrides,
         metavar="KEY VALUE",
-        help="config overrides, e.g. --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
+        help="config overrides, as the trailing ones (Detectron2's demo.py form)",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        action=_AppendOverrides,
+        metavar="KEY VALUE",
+        help="config overrides after the options, e.g. MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
     )
 
 
@@ -102,7 +119,7 @@ def load_config(
 
     Args:
         config_file: a YAML file, or the name of a fishnet_d2 config (``fishnet_d2.model_zoo``).
-        opts: ``KEY VALUE`` pairs, as Detectron2's ``--opts``.
+        opts: ``KEY VALUE`` pairs, as Detectron2's tools take them.
         confidence_threshold: when given, the score threshold of every head (RetinaNet's, the ROI
             heads', Panoptic FPN's instances), set after ``opts`` as Detectron2's demo does.
 
@@ -111,8 +128,13 @@ def load_config(
         ValueError: an odd number of ``opts``, a threshold outside [0, 1], or ``MODEL.DEVICE``
             CUDA on a machine without one.
     """
+    options = [o for o in opts[::2] if o.startswith("-")]
+    if options:
+        raise ValueError(
+            f"config overrides are KEY VALUE pairs, after every option; {options[0]} is among them: {list(opts)}"
+        )
     if len(opts) % 2:
-        raise ValueError(f"--opts takes KEY VALUE pairs; got an odd number of items: {list(opts)}")
+        raise ValueError(f"config overrides are KEY VALUE pairs; got an odd number of items: {list(opts)}")
     cfg = get_cfg()
     add_fishnet_config(cfg)
     cfg.merge_from_file(resolve_config_file(config_file))

@@ -32,7 +32,7 @@ DEFAULT_TOLERANCE = 1e-3
 EPILOG = f"""\
 example:
   python tools/export_model.py --config-file COCO-Detection/retinanet_fishnet150_FPN_1x.yaml \\
-      --export-method tracing --format onnx --output exported/ --opts MODEL.WEIGHTS model_final.pth
+      --export-method tracing --format onnx --output exported/ MODEL.WEIGHTS model_final.pth
 
 writes OUTPUT/model.ts (TorchScript) or OUTPUT/model.onnx, and OUTPUT/{INFO_JSON} (how to call the
 model, its outputs' names, the differences measured), only after the check: the exported model's
@@ -49,7 +49,8 @@ exit status: 0 exported and checked, 1 export or check failed (nothing written),
 
 def argument_parser() -> argparse.ArgumentParser:
     """The command line of Detectron2's ``tools/deploy/export_model.py`` (``--config-file`` taking a
-    fishnet_d2 config name too, overrides after ``--opts``), with the check's options."""
+    fishnet_d2 config name too, ``KEY VALUE`` overrides after the options or after ``--opts``), with
+    the check's options."""
     parser = argparse.ArgumentParser(
         description="Export a FishNet detector to TorchScript or ONNX and check it against eager mode.",
         epilog=EPILOG,

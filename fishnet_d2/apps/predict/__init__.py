@@ -4,6 +4,7 @@ COCO-format results."""
 
 from .cli import argument_parser, main
 from ...model_zoo import load_config
+from .dataset_ids import DatasetIds, annotations_ids, dataset_ids
 from .images import InputError, expand_inputs, read_image_file
 from .predictor import MAX_OUTPUT_PIXELS, Prediction, Predictor, load_model, output_size
 from .results import assign_image_ids, coco_results, write_json
@@ -13,6 +14,9 @@ __all__ = [
     "argument_parser",
     "main",
     "load_config",
+    "DatasetIds",
+    "annotations_ids",
+    "dataset_ids",
     "InputError",
     "expand_inputs",
     "read_image_file",

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from detectron2.config import CfgNode
 from detectron2.data import Metadata
 from detectron2.data.detection_utils import convert_image_to_rgb, convert_PIL_to_numpy
 from PIL import Image
@@ -19,6 +20,7 @@ from ...weights.atomic_file import atomic_write
 from ...weights.checkpointer import CheckpointLoadError
 from ..visualization import draw_predictions, prediction_metadata
 from ...model_zoo import add_config_arguments, load_config
+from .dataset_ids import DatasetIds, annotations_ids, dataset_ids
 from .images import InputError, expand_inputs, read_image_file
 from .predictor import Prediction, Predictor
 from .results import assign_image_ids, coco_results, write_json
@@ -35,13 +37,19 @@ DEFAULT_FPS = 30.0
 EPILOG = """\
 examples:
   python tools/predict.py --config-file COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_1x.yaml \\
-      --input photos/ 'more/*.jpg' --output out/ --opts MODEL.WEIGHTS model_final.pth
+      --input photos/ 'more/*.jpg' --output out/ MODEL.WEIGHTS model_final.pth
+  python tools/predict.py --config-file configs/Demo/mask_rcnn_fishnet_tiny_FPN_demo.yaml \\
+      --input datasets/fishnet_demo/val --dataset fishnet_demo_val --confidence-threshold 0.05 \\
+      --output out/ MODEL.WEIGHTS output/model_final.pth
   python tools/predict.py --config-file my_config.yaml --video-input clip.mp4 --output out/clip.mp4
 
+config overrides (KEY VALUE ...) go after the options, or after --opts.
 outputs: per image a drawing (same name; .png added to names not ending in .jpg/.jpeg/.png), and
 coco_instances_results.json (COCO results, as COCOEvaluator writes them) with images.json (the
-image ids: the number in the file name when all names are numbers, else 1..N). With --output
-FILE (one image, or a .mp4/.avi video) the JSON files are FILE's stem + '_' + those names.
+image ids: with --dataset or --annotations the dataset's, found by file name; else the number in
+the file name when all names are numbers, else 1..N). With --output FILE (one image, or a
+.mp4/.avi video) the JSON files are FILE's stem + '_' + those names. Results to evaluate need
+Detectron2's --confidence-threshold 0.05 (the default 0.5 is for drawing).
 exit status: 0 when every input was predicted, 1 when any failed (each is reported and skipped),
 2 for a bad command line."""
 
@@ -70,6 +78,18 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a directory (created when missing), or a file for one image (ending in "
         f"{', '.join(IMAGE_SUFFIXES)}) or a video ({', '.join(VIDEO_CODECS)})",
+    )
+    numbering = parser.add_mutually_exclusive_group()
+    numbering.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="the inputs are images of the registered dataset NAME: the results take its image ids "
+        "(found by file name) and category ids, so that they evaluate against its annotations",
+    )
+    numbering.add_argument(
+        "--annotations",
+        metavar="FILE",
+        help="the same from a COCO annotations file: its images' ids by file name, its category ids",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -165,13 +185,13 @@ def _predict_images(
     predictor: Predictor,
     metadata: Metadata,
     drawings: Dict[str, str],
+    image_ids: Dict[str, int],
     as_file: bool,
     failures: int,
 ) -> int:
     """Predict, draw and save each image of ``drawings`` (file -> where its drawing goes), then
-    write the results; ``failures``: the inputs that failed already."""
+    write the results with ``image_ids``; ``failures``: the inputs that failed already."""
     files = list(drawings)
-    image_ids = assign_image_ids(files)
     results: List[Dict] = []
     images: List[Dict] = []
     any_instances = False
@@ -261,6 +281,32 @@ def _predict_video(args: argparse.Namespace, predictor: Predictor, metadata: Met
     return 0
 
 
+def _is_config_key(cfg: CfgNode, name: str) -> bool:
+    node = cfg
+    for part in name.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _dataset_numbering(args: argparse.Namespace, cfg: CfgNode) -> Optional[DatasetIds]:
+    """The ids of ``--dataset`` or ``--annotations`` (None when neither is given); InputError when
+    its categories are not as many as the model's classes."""
+    if args.dataset:
+        numbering = dataset_ids(args.dataset)
+    elif args.annotations:
+        numbering = annotations_ids(args.annotations)
+    else:
+        return None
+    num_classes = len(prediction_metadata(cfg).thing_classes)
+    if numbering.category_ids and len(numbering.category_ids) != num_classes:
+        raise InputError(
+            f"{numbering.source} has {len(numbering.category_ids)} categories, the model {num_classes} classes"
+        )
+    return numbering
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``tools/predict.py`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = argument_parser()
@@ -272,8 +318,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     failures = 0
     drawings: Dict[str, str] = {}
+    image_ids: Dict[str, int] = {}
+    numbering: Optional[DatasetIds] = None
     as_file = False
     if args.input is not None:
+        keys = [item for item in args.input if not os.path.exists(item) and _is_config_key(cfg, item)]
+        if keys:
+            parser.error(
+                f"--input {' '.join(args.input)}: {keys[0]} is a config key, not a file; config overrides go "
+                "after the last option (--input takes the paths up to the next option) or after --opts"
+            )
         files, errors = expand_inputs(args.input)
         for error in errors:
             print(f"skipped: {error}", file=sys.stderr)
@@ -296,6 +350,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "give a directory or an image file name"
             )
         drawings = _drawing_paths(files, args.output, as_file)
+        try:
+            numbering = _dataset_numbering(args, cfg)
+            image_ids = numbering.image_ids(files) if numbering is not None else assign_image_ids(files)
+        except InputError as e:
+            print(f"error: {e}; nothing written", file=sys.stderr)
+            return 1
         inputs = {os.path.realpath(f) for f in files}
         clobbered = [d for d in drawings.values() if os.path.realpath(d) in inputs]
         if clobbered:
@@ -304,6 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "give another --output"
             )
 
+    elif args.dataset or args.annotations:
+        parser.error("--dataset and --annotations number images (--input); a video's frames are numbered from 0")
     elif Path(args.output).suffix.lower() in IMAGE_SUFFIXES:
         parser.error(
             f"--output {args.output} is an image file name; a video goes to a directory or a "
@@ -318,9 +380,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: MODEL.WEIGHTS: {e}", file=sys.stderr)
         return 1
     metadata = prediction_metadata(cfg)
+    if numbering is not None:
+        metadata = Metadata(**{**metadata.as_dict(), "thing_dataset_id_to_contiguous_id": numbering.category_ids})
     try:
         if args.input is not None:
-            return _predict_images(args, predictor, metadata, drawings, as_file, failures)
+            return _predict_images(args, predictor, metadata, drawings, image_ids, as_file, failures)
         return _predict_video(args, predictor, metadata)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
