@@ -3,6 +3,7 @@ install, as detectron2.model_zoo; the tools accept such a name where they accept
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -55,7 +56,7 @@ def test_train_net_takes_a_config_name(tmp_path):
 @pytest.mark.slow
 def test_non_editable_install_carries_the_configs(tmp_path):
     """``pip install .`` (not editable) into a fresh directory: the installed fishnet_d2, not this
-    checkout, finds and merges the configs."""
+    checkout, finds and merges the configs, and resolves their weight names."""
     target = tmp_path / "site"
     # From a copy of what setup.py reads: pip builds in the source tree (build/, egg-info), which
     # two runs at once (both detectron2 flavours) would share, and a test leaves a checkout alone.
@@ -71,6 +72,9 @@ def test_non_editable_install_carries_the_configs(tmp_path):
         text=True,
     )
     assert pip.returncode == 0, pip.stderr
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
     script = textwrap.dedent(
         f"""
         import os, fishnet_d2
@@ -80,10 +84,19 @@ def test_non_editable_install_carries_the_configs(tmp_path):
         assert path.startswith({str(target)!r}) and os.path.isfile(path), path
         cfg = model_zoo.get_config({PAPER!r})
         lazy = model_zoo.get_config({PAPER.replace(".yaml", ".py")!r})
+        # The config's weight name resolves (to the mirror's file; nothing listens there).
+        from detectron2.utils.file_io import PathManager
+        from fishnet_d2.weights.download import WeightsUnavailableError
+        try:
+            PathManager.get_local_path(cfg.MODEL.WEIGHTS)
+        except WeightsUnavailableError as e:
+            assert "could not download http://127.0.0.1:{port}/fishnet150_ckpt.tar" in str(e), e
+        else:
+            raise AssertionError("resolved with nothing listening")
         print(cfg.MODEL.FISHNET.DEPTH, len(model_zoo.list_configs()), "model" in lazy)
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    env = {**os.environ, "PYTHONPATH": str(target), "FISHNET_D2_MIRROR": f"http://127.0.0.1:{port}", "FISHNET_D2_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["150", str(len(REPO_CONFIGS)), "True"]
