@@ -7,6 +7,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..weights.checkpointer import FishNetCheckpointer
 from ..model_zoo import load_config, resolve_config_file
@@ -23,6 +24,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
     args.config_file = resolve_config_file(args.config_file)
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    # fishnet_d2's loggers as Detectron2's: timestamped, on rank 0's console, in OUTPUT_DIR/log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fishnet_d2")
     return cfg
 
 
