@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from fishnet_d2.apps.data import ensure_synthetic_shapes
+from fishnet_d2.apps.data import DEMO_DATASET_PREFIX, DEMO_SPEC, ensure_synthetic_shapes
 
 from .support import REFERENCE, TINY_SHAPES, register_tiny_shapes, tiny_mask_rcnn_cfg
 
@@ -42,6 +42,15 @@ def pristine_model() -> torch.nn.Module:
 def model(pristine_model: torch.nn.Module) -> torch.nn.Module:
     """A fresh copy of pristine_model, for this test alone."""
     return copy.deepcopy(pristine_model)
+
+
+@pytest.fixture(scope="session")
+def demo_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A $DETECTRON2_DATASETS folder holding the demo's dataset (DEMO_SPEC), generated once per
+    session, so that the runs given it only read it."""
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_shapes(root / DEMO_DATASET_PREFIX, DEMO_SPEC)
+    return root
 
 
 @pytest.fixture(scope="session")

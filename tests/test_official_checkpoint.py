@@ -19,7 +19,7 @@ from fishnet_d2.weights.convert import (
 )
 from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
-from .support import REFERENCE, REPO, fishnet_cfg, random_official_state_dict, reference_layout, run_converter
+from .support import REPO, fishnet_cfg, random_official_state_dict, reference_layout, run_converter
 
 PARAMETERS = {99: 16_628_904, 150: 24_959_400, 201: 44_584_552}
 
@@ -124,14 +124,10 @@ def test_converter_refuses_pickled_code(tmp_path):
     assert not marker.exists() and not (tmp_path / "evil_d2.pth").exists()
 
 
-def golden_state_dict():
-    return torch.load(REFERENCE / "tiny_golden.pt", weights_only=True)["state_dict"]
-
-
 @pytest.mark.parametrize("suffix", [".pth", ".pkl"])
-def test_converted_weights_load_into_mask_rcnn_fpn(tmp_path, suffix):
+def test_converted_weights_load_into_mask_rcnn_fpn(golden, tmp_path, suffix):
     """MODEL.WEIGHTS = a converted checkpoint: every backbone parameter and buffer is loaded."""
-    converted = convert_official_state_dict(golden_state_dict())
+    converted = convert_official_state_dict(golden["state_dict"])
     weights = tmp_path / f"fishnet_tiny{suffix}"
     save_d2_checkpoint(converted.state_dict, str(weights), author="test")
 

@@ -13,7 +13,7 @@ import pytest
 from detectron2.modeling import build_model
 
 from fishnet_d2.weights.checkpointer import FishNetCheckpointer
-from fishnet_d2.apps.data import DEMO_DATASET_PREFIX, DEMO_SPEC, ensure_synthetic_shapes
+from fishnet_d2.apps.data import DEMO_DATASET_PREFIX
 
 from .support import REPO, tiny_mask_rcnn_cfg
 
@@ -26,14 +26,6 @@ CHECKPOINT_PERIOD = 3
 
 def subprocess_env(datasets):
     return {**os.environ, "DETECTRON2_DATASETS": str(datasets), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def demo_datasets(tmp_path_factory):
-    """$DETECTRON2_DATASETS with the demo dataset, generated once here, not by each run."""
-    root = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_shapes(root / DEMO_DATASET_PREFIX, DEMO_SPEC)
-    return root
 
 
 def write_config(tmp_path):

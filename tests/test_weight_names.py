@@ -35,7 +35,6 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from fishnet_d2 import FISHNET_VARIANTS, model_zoo
-from fishnet_d2.apps.data import DEMO_SPEC, demo_dataset_root, ensure_synthetic_shapes
 from fishnet_d2.weights.download import (
     CACHE_ENV,
     MIRROR_ENV,
@@ -285,6 +284,8 @@ FAULTS = {
     "not a checkpoint": ("fishnet150_official", ("page", "garbage " * 100), ["not a readable torch checkpoint"]),
     "another variant": ("fishnet150_official", ("alias", "fishnet99_ckpt.tar"), ["it holds FishNet-99", "not FishNet-150"]),
     "bad hash": ("fishnet150_pytorchcv", None, ["SHA-1", "does not begin with the published 93e26daa"]),
+    "another archive": ("fishnet150_pytorchcv", ("alias", "own_pytorchcv"), ["the zip archive holds fishnet150-0475-"]),
+    "a web page for a zip": ("fishnet150_pytorchcv", ("page", "<html><body>Not found</body></html>"), ["sent a web page"]),
 }  # fmt: skip
 
 
@@ -449,13 +450,6 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     launch(main, args.num_gpus, args=(args,))
 """
-
-
-@pytest.fixture(scope="module")
-def demo_datasets(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_shapes(root / demo_dataset_root().name, DEMO_SPEC)
-    return root
 
 
 @pytest.mark.slow
