@@ -203,6 +203,17 @@ def test_a_compiled_fishnet_config_exports_the_eager_model(config_files, tmp_pat
     assert json.loads((tmp_path / "out" / "export_info.json").read_text())["check"]["passed"]
 
 
+@pytest.mark.slow
+def test_config_overrides_after_the_options_as_detectron2s_export_model(config_files, tmp_path):
+    status, _, err = run(
+        "--config-file", config_files["faster_rcnn"], "--format", "onnx", "--output", tmp_path / "out",
+        "TEST.DETECTIONS_PER_IMAGE", "4", "MODEL.DEVICE", "cpu",
+    )  # fmt: skip
+    assert status == 0, err
+    detections = json.loads((tmp_path / "out" / "export_info.json").read_text())["check"]["detections"]
+    assert [(d["eager"], d["exported"]) for d in detections] == [(4, 4), (4, 4)]
+
+
 def test_scripting_to_onnx_is_a_usage_error(config_files, tmp_path):
     status, _, err = run(
         "--config-file", config_files["faster_rcnn"], "--export-method", "scripting", "--format", "onnx",

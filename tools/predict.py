@@ -13,8 +13,11 @@ CONFIG is a config file or a fishnet_d2 config name. Everything it does is in fi
 
 import sys
 
+from detectron2.utils.logger import setup_logger
+
 import fishnet_d2.apps.data  # noqa: F401  registers the demo datasets (configs/Demo)
 from fishnet_d2.apps.predict import main
 
 if __name__ == "__main__":
+    setup_logger(name="fishnet_d2")  # its log messages as Detectron2's demo.py shows its own
     sys.exit(main())
