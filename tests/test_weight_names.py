@@ -25,13 +25,11 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig
-from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from fishnet_d2 import FISHNET_VARIANTS, model_zoo
@@ -404,15 +402,6 @@ def test_every_config_names_the_weights_of_its_network(name):
         assert cfg.MODEL.WEIGHTS == SCHEME + "fishnet150_official"  # the paper's: no tricks
 
 
-@pytest.mark.slow
-def test_config_without_published_weights_stops_when_training_starts():
-    cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_fishnext150_FPN_paper.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-    with pytest.raises(UnpublishedWeightsError, match=r"FishNeXt-150 .* Two ways on"):
-        DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-
-
 # ---- from the config to a trained first iteration ----
 
 TINY_TRAINING = [
@@ -483,3 +472,19 @@ def test_training_from_an_empty_directory_starts_from_the_named_weights(mirror, 
     for key in compared:
         assert torch.equal(backbone[key], converted[key]), key
     assert sorted(os.listdir(workdir)) == ["output"]  # nothing else written where it ran
+
+
+@pytest.mark.slow
+def test_config_without_published_weights_stops_when_training_starts(mirror, demo_datasets, tmp_path):
+    config = "COCO-InstanceSegmentation/mask_rcnn_fishnext150_FPN_paper.yaml"
+    command = [str(REPO / "tools" / "train_net.py"), "--config-file", config]
+    run = subprocess.run(
+        [sys.executable, *command, *TINY_TRAINING], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env=child_env(DETECTRON2_DATASETS=str(demo_datasets)),
+    )  # fmt: skip
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    error = "fishnet_d2.weights.download.UnpublishedWeightsError: fishnet://ImageNet/fishnext150: "
+    assert last.startswith(error + "no ImageNet weights of FishNeXt-150"), last
+    assert "Two ways on" in last and "not found" not in run.stderr
+    assert mirror.requests == [] and not (tmp_path / "output" / "model_final.pth").exists()

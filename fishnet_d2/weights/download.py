@@ -17,7 +17,6 @@ saying what happened and the ways on, and leaves no cache entry and no temporary
 """
 
 import contextlib
-import errno
 import hashlib
 import http.client
 import logging
@@ -28,7 +27,6 @@ import urllib.error
 import urllib.request
 import zipfile
 from typing import Iterator, List, Optional
-from urllib.parse import urlparse
 
 import portalocker
 from iopath.common.file_io import get_cache_dir
@@ -107,7 +105,9 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def _disk_error(weights: PublishedWeights, what: str, directory: str, error: BaseException, size: Optional[int]) -> WeightsUnavailableError:
+def _disk_error(
+    weights: PublishedWeights, what: str, directory: str, error: BaseException, size: Optional[int]
+) -> WeightsUnavailableError:
     need = f" (about {2 * size / 2**20:.0f} MB are needed: the download and the converted file)" if size else ""
     return WeightsUnavailableError(
         f"{SCHEME}{weights.name}: could not write {what} in {directory}: {_first_line(error)}. Free "
@@ -138,6 +138,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _dropped(
+    weights: PublishedWeights, url: str, received: int, total: Optional[int], why: str, cache: str
+) -> WeightsUnavailableError:
+    of = f" of {total:,}" if total is not None else ""
+    return WeightsUnavailableError(
+        f"{SCHEME}{weights.name}: the connection to {url} dropped after {received:,}{of} bytes{why}. Run "
+        f"again to download it again. {_ways_on(weights, url, cache)}"
+    )
+
+
 def _download(weights: PublishedWeights, url: str, destination: str, cache: str) -> str:
     """Download ``url`` into ``destination`` (an open temporary file's name); its SHA-256."""
     request = urllib.request.Request(url, headers={"User-Agent": f"fishnet_d2/{__version__}"})
@@ -145,11 +155,14 @@ def _download(weights: PublishedWeights, url: str, destination: str, cache: str)
         response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as e:
         reason = f"the server answered HTTP {e.code} {e.reason}"
-        raise WeightsUnavailableError(f"{SCHEME}{weights.name}: could not download {url}: {reason}. {_ways_on(weights, url, cache)}") from None
+        raise WeightsUnavailableError(
+            f"{SCHEME}{weights.name}: could not download {url}: {reason}. {_ways_on(weights, url, cache)}"
+        ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise WeightsUnavailableError(
-            f"{SCHEME}{weights.name}: could not download {url}: no connection ({reason}). {_ways_on(weights, url, cache)}"
+            f"{SCHEME}{weights.name}: could not download {url}: no connection ({reason}). "
+            + _ways_on(weights, url, cache)
         ) from None
     length = response.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else None
@@ -163,15 +176,7 @@ def _download(weights: PublishedWeights, url: str, destination: str, cache: str)
             try:
                 chunk = response.read(_CHUNK)
             except (http.client.IncompleteRead, OSError, http.client.HTTPException) as e:
-                chunk, dropped = b"", _first_line(e)
-            else:
-                dropped = None
-            if dropped or (not chunk and total is not None and received < total):
-                of = f" of {total:,}" if total is not None else ""
-                raise WeightsUnavailableError(
-                    f"{SCHEME}{weights.name}: the connection to {url} dropped after {received:,}{of} bytes"
-                    f"{f' ({dropped})' if dropped else ''}. Run again to download it again. {_ways_on(weights, url, cache)}"
-                )
+                raise _dropped(weights, url, received, total, f" ({_first_line(e)})", cache) from None
             if not chunk:
                 break
             try:
@@ -181,6 +186,8 @@ def _download(weights: PublishedWeights, url: str, destination: str, cache: str)
             digest.update(chunk)
             received += len(chunk)
             progress.update(len(chunk))
+    if total is not None and received < total:
+        raise _dropped(weights, url, received, total, "", cache)
     return digest.hexdigest()
 
 
@@ -204,7 +211,8 @@ def _unpack(weights: PublishedWeights, url: str, archive: str, destination: str,
         with zipfile.ZipFile(archive) as zipped:
             names = zipped.namelist()
             if weights.archive_member not in names:
-                raise _not_the_weights(weights, url, f"the zip archive holds {', '.join(names) or 'nothing'}, not {weights.archive_member}.", cache)
+                held = f"the zip archive holds {', '.join(names) or 'nothing'}, not {weights.archive_member}."
+                raise _not_the_weights(weights, url, held, cache)
             digest = hashlib.sha1()
             with zipped.open(weights.archive_member) as member, open(destination, "wb", buffering=0) as out:
                 while chunk := member.read(_CHUNK):
@@ -224,8 +232,6 @@ def _unpack(weights: PublishedWeights, url: str, archive: str, destination: str,
 
 def _convert(weights: PublishedWeights, url: str, path: str, output: str, source_sha256: str, cache: str) -> None:
     """Check the downloaded weights (every key and shape of the named variant) and write them converted."""
-    if _looks_like_a_web_page(path):
-        raise _not_the_weights(weights, url, "the server sent a web page (the link may have expired or ask for a login).", cache)
     try:
         converted = convert_state_dict(load_state_dict(path), layout=weights.layout)
     except CheckpointLoadError as e:
@@ -260,6 +266,9 @@ def _fetch(weights: PublishedWeights, url: str, output: str, cache: str) -> None
         except OSError as e:
             raise _disk_error(weights, "a temporary file", directory, e, None) from None
         sha256 = _download(weights, url, downloaded, cache)
+        if _looks_like_a_web_page(downloaded):
+            reason = "the server sent a web page (the link may have expired or ask for a login)."
+            raise _not_the_weights(weights, url, reason, cache)
         state_file = downloaded
         if weights.archive_member:
             state_file = new_temporary(".pth")
@@ -277,7 +286,9 @@ def _fetch(weights: PublishedWeights, url: str, output: str, cache: str) -> None
     logger.info(f"Converted {url} into {output}")
 
 
-def fetch_weights(weights: PublishedWeights, *, cache: Optional[str] = None, mirror: Optional[str] = None, force: bool = False) -> str:
+def fetch_weights(
+    weights: PublishedWeights, *, cache: Optional[str] = None, mirror: Optional[str] = None, force: bool = False
+) -> str:
     """The local path of ``weights`` converted to Detectron2's format: the cache entry, made on
     first use (see the module docstring). ``force`` fetches again over an existing entry.
 
