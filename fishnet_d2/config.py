@@ -44,6 +44,11 @@ def add_fishnet_config(cfg: CN) -> None:
     # list of names and choices. docs/performance.md measures the memory and time of each choice.
     # None (not False) by default so that a YAML file or merge_from_list may set any of these.
     _C.MODEL.FISHNET.CHECKPOINT = None
+    # Memory-efficient training: keep less for the backward pass, recomputing only elementwise
+    # operations (no convolution runs twice): FrozenBN pre-activations keep their input instead
+    # of their activation, max-pools one byte per output. Same outputs and gradients; adds to
+    # CHECKPOINT. docs/performance.md measures its memory and time.
+    _C.MODEL.FISHNET.MEMORY_EFFICIENT = False
     # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
     # run fastest on. The features keep that format (same shapes), so the FPN and heads on them
     # run in it too. False: the input's format (NCHW).

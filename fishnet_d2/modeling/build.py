@@ -120,6 +120,7 @@ def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
             freeze_at      = fish.FREEZE_AT,
             freeze_stem_conv1 = fish.FREEZE_STEM_CONV1,
             activation_checkpointing = fish.CHECKPOINT,
+            memory_efficient = fish.MEMORY_EFFICIENT,
             channels_last  = fish.CHANNELS_LAST,
             compile_backend = fish.COMPILE,
         )  # fmt: skip

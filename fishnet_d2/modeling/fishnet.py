@@ -11,6 +11,7 @@ from torch import nn
 from .arch import FishNetArch, feature_name
 from .blocks import Norm, ScoreUnit
 from .errors import InvalidValue
+from .memory import train_memory_efficiently
 from .stages import Bridge, DownRefinementStage, FishStage, FishStem, TailStage, UpRefinementStage
 
 __all__ = ["FishNet", "ChannelsLast", "CHECKPOINT_CHOICES"]
@@ -66,6 +67,7 @@ class FishNet(Backbone):
         freeze_at: int = 0,
         freeze_stem_conv1: bool = False,
         activation_checkpointing: Checkpointing = False,
+        memory_efficient: bool = False,
         channels_last: bool = True,
         compile_backend: str = "",
     ):
@@ -86,6 +88,10 @@ class FishNet(Backbone):
                 "all" every stage, ``False``, ``None`` or "none" none, "stride4", "tail",
                 "body" or "head" (:data:`CHECKPOINT_CHOICES`), a stage name ("stem", "tail3",
                 ..., "bridge", "body4", ..., "head3", ...), or a list of names and choices.
+            memory_efficient: in training, keep less for the backward pass at the cost of
+                elementwise recomputation only (no convolution runs twice; the same outputs and
+                gradients): FrozenBN pre-activations keep their input, max-pools one byte per
+                output (:mod:`fishnet_d2.modeling.memory`). Adds to ``activation_checkpointing``.
             channels_last: compute in the channels-last memory format (NHWC), which oneDNN's
                 and cuDNN's convolutions run fastest on. The features keep it (their shapes are
                 the same; what reads them, e.g. an FPN, runs in that format too).
@@ -143,6 +149,11 @@ class FishNet(Backbone):
         self.activation_checkpointing = self._checkpointed_stages(activation_checkpointing)
         for stage in self.stages():
             stage.recompute_in_backward = stage.name in self.activation_checkpointing
+        if not isinstance(memory_efficient, bool):
+            raise InvalidValue("memory_efficient", memory_efficient, "allowed True or False")
+        self.memory_efficient = memory_efficient
+        if memory_efficient:
+            train_memory_efficiently(self)
         self.freeze(freeze_at)
         if freeze_stem_conv1:
             self.stem.conv1.freeze()

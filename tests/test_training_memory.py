@@ -1,0 +1,204 @@
+"""MODEL.FISHNET.MEMORY_EFFICIENT (FishNet's memory_efficient) computes what the default path
+computes, in float64 (outputs, every gradient, BatchNorm's statistics), with every norm and
+with activation checkpointing; keeps less for the backward pass without running a convolution
+twice; and leaves inference, TorchScript, tracing and torch.compile on the plain path."""
+
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fishnet_d2 import FishNet
+from fishnet_d2.modeling.memory import OffsetMaxPool2d
+
+from .support import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
+
+# Relative to the largest magnitude, in float64 (the fast-path tests' bound: rounding over a few
+# hundred layers stays far below it; a wrong gradient is off by O(1)).
+SAME_MATH_FLOAT64 = 1e-10
+
+
+def twins(norm: str, **options) -> Tuple[FishNet, FishNet]:
+    """The default FishNet and the memory-efficient one, same weights and statistics, float64."""
+    torch.manual_seed(0)
+    default = FishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES, freeze_stem_conv1=True, **options)
+    g = torch.Generator().manual_seed(1)
+    for m in default.modules():  # norms away from the identity, so that they matter
+        if hasattr(m, "running_var") or isinstance(m, nn.GroupNorm):
+            c = m.weight.shape[0]
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g))
+                if hasattr(m, "running_var"):
+                    m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    efficient = FishNet(
+        TINY_ARCH, norm=norm, out_features=ALL_FEATURES, freeze_stem_conv1=True, memory_efficient=True, **options
+    )
+    efficient.load_state_dict(default.state_dict())
+    return default.double(), efficient.double()
+
+
+def train_step(model: nn.Module, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Outputs, and the gradients of the input and of every trainable parameter, of one forward +
+    backward (a loss that weighs every output element differently)."""
+    model.train().zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    outputs = model(x)
+    sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outputs.values()).backward()
+    grads = {"input": x.grad, **{n: p.grad for n, p in model.named_parameters() if p.requires_grad}}
+    return {k: v.detach() for k, v in outputs.items()}, grads
+
+
+def assert_close_to_scale(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        x, y = a[name], b[name]
+        assert x is not None and y is not None and x.shape == y.shape, name
+        assert (x - y).abs().max() <= SAME_MATH_FLOAT64 * y.abs().max(), name
+
+
+def images(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "norm, options",
+    [
+        ("FrozenBN", {}),
+        ("FrozenBN", {"channels_last": False}),
+        ("FrozenBN", {"activation_checkpointing": "stride4"}),
+        ("FrozenBN", {"activation_checkpointing": True}),
+        ("BN", {}),
+        ("BN", {"activation_checkpointing": ["tail", "head4"]}),
+        ("BN", {"freeze_at": 4}),  # frozen stages' BatchNorms become FrozenBN after building
+        ("SyncBN", {}),
+        ("GN", {}),
+        ("", {}),
+    ],
+)
+def test_memory_efficient_equals_default_path(norm, options):
+    default, efficient = twins(norm, **options)
+    for step in range(2):  # BatchNorm's running statistics: updated once per step
+        outputs, grads = train_step(default, images(step))
+        efficient_outputs, efficient_grads = train_step(efficient, images(step))
+        assert_close_to_scale(efficient_outputs, outputs)
+        assert_close_to_scale(efficient_grads, grads)
+    buffers = dict(default.named_buffers())
+    for name, value in efficient.named_buffers():
+        torch.testing.assert_close(value, buffers[name], rtol=0, atol=0)
+
+
+class CountConvolutions(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.forward = self.backward = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            self.forward += 1
+        elif func is torch.ops.aten.convolution_backward.default:
+            self.backward += 1
+        return func(*args, **(kwargs or {}))
+
+
+def kept_for_backward(model: nn.Module, x: torch.Tensor) -> Tuple[int, List[str]]:
+    """Bytes of the tensors a training forward keeps for the backward pass (each storage once),
+    and the kinds of tensor (dtype) kept."""
+    kept = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), str(t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.train()(x.requires_grad_())
+    return sum(n for n, _ in kept.values()), sorted({d for _, d in kept.values()})
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
+def test_keeps_less_for_backward_without_recomputing_convolutions(norm):
+    default, efficient = twins(norm)
+    x = images().float()
+    default_bytes, default_kinds = kept_for_backward(default.float(), x)
+    efficient_bytes, efficient_kinds = kept_for_backward(efficient.float(), x)
+    # Max-pools keep 1-byte window offsets instead of their input and int64 indices (the stem's
+    # overlapping 3x3 pool keeps its indices); FrozenBN pre-activations keep shared inputs once.
+    assert "torch.uint8" in efficient_kinds and "torch.uint8" not in default_kinds
+    assert efficient_bytes < (0.85 if norm == "FrozenBN" else 0.95) * default_bytes
+    counts = []
+    for model in (default, efficient):
+        with CountConvolutions() as count:
+            train_step(model, x)
+        counts.append((count.forward, count.backward))
+    assert counts[0] == counts[1] and counts[0][0] == counts[0][1]  # no convolution runs twice
+
+
+def test_inference_scripting_and_tracing_run_the_plain_path():
+    default, efficient = twins("FrozenBN")
+    x = images()
+    with torch.no_grad():
+        expected = default.eval()(x)
+        efficient.eval()
+        results = [efficient(x), torch.jit.script(efficient)(x), torch.jit.trace(efficient, x, strict=False)(x)]
+    for result in results:
+        assert list(result) == list(expected)
+        for name in expected:
+            torch.testing.assert_close(result[name], expected[name], rtol=0, atol=0)
+    # A scripted training step (the plain path: TorchScript compiles no autograd Function).
+    scripted = torch.jit.script(efficient)
+    assert_close_to_scale(train_step(scripted, x)[0], train_step(default, x)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile missing")
+def test_compiled_memory_efficient_model_equals_default_path():
+    """Under torch.compile the model is captured as one graph (the plain path: fullgraph fails
+    on any break) and trains as the eager default does."""
+    torch.compiler.reset()
+    default, efficient = twins("BN")
+    compiled = torch.compile(efficient, fullgraph=True, backend="aot_eager")
+    outputs, grads = train_step(default, images())
+    compiled_outputs, compiled_grads = train_step(compiled, images())
+    assert_close_to_scale(compiled_outputs, outputs)
+    assert_close_to_scale({k.replace("_orig_mod.", ""): v for k, v in compiled_grads.items()}, grads)
+    buffers = dict(default.named_buffers())
+    for name, value in efficient.named_buffers():
+        torch.testing.assert_close(value, buffers[name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape, kernel", [((2, 3, 8, 12), 2), ((1, 2, 9, 6), 3), ((1, 2, 7, 8), 2)])
+def test_offset_max_pool_equals_max_pool_with_ties(shape, kernel, channels_last):
+    """Small integers make ties in most windows: the gradient goes where nn.MaxPool2d sends it
+    (the first maximum). A size the windows do not tile (7) runs the plain max-pool."""
+    x = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(0)).double()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for pool in (nn.MaxPool2d(kernel, kernel), OffsetMaxPool2d(kernel, kernel)):
+        xi = x.clone().requires_grad_()
+        out = pool(xi)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out, xi.grad))
+    (out, grad), (offset_out, offset_grad) = results
+    torch.testing.assert_close(offset_out, out, rtol=0, atol=0)
+    torch.testing.assert_close(offset_grad, grad, rtol=0, atol=0)
+    assert offset_grad.is_contiguous(memory_format=torch.channels_last) == grad.is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def test_from_config_and_bad_value_names_the_key():
+    cfg = use_tiny_arch(fishnet_cfg())
+    assert cfg.MODEL.FISHNET.MEMORY_EFFICIENT is False
+    cfg.merge_from_list(["MODEL.FISHNET.MEMORY_EFFICIENT", True])
+    model = build_backbone(cfg, ShapeSpec(channels=3))
+    assert model.memory_efficient and any(isinstance(m, OffsetMaxPool2d) for m in model.modules())
+    cfg.MODEL.FISHNET.MEMORY_EFFICIENT = "yes"
+    with pytest.raises(ValueError, match=r"MODEL\.FISHNET\.MEMORY_EFFICIENT='yes'.*allowed True or False"):
+        build_backbone(cfg, ShapeSpec(channels=3))
