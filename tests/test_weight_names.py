@@ -236,6 +236,16 @@ def test_first_use_fetches_converts_and_caches_then_uses_the_cache(mirror, publi
     assert mirror.requests == ["fishnet150_ckpt.tar"]
 
 
+def test_a_killed_fetch_leaves_files_the_next_one_removes(mirror, tmp_path):
+    entries = tmp_path / "cache" / "ImageNet"
+    entries.mkdir(parents=True)
+    for leftover in (".fishnet99_official.abc123.download", ".fishnet99_official.pth.xyz.tmp"):
+        (entries / leftover).write_bytes(b"partial")
+    (entries / ".fishnet99_official_other.1.download").write_bytes(b"another name's")
+    PathManager.get_local_path(SCHEME + "fishnet99_official")
+    assert cache_files(tmp_path / "cache") == [".fishnet99_official_other.1.download", "fishnet99_official.pth"]
+
+
 def test_pytorchcv_zip_is_unpacked_and_checked_by_its_sha1(mirror, published, tmp_path):
     archive = published["own_pytorchcv"]
     sha1 = archive.name.split("-")[2][:8]

@@ -26,7 +26,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from typing import Iterator, List, Optional
+from typing import IO, Iterator, List, Optional
 
 import portalocker
 from iopath.common.file_io import get_cache_dir
@@ -117,19 +117,27 @@ def _disk_error(
 
 
 @contextlib.contextmanager
-def _exclusive(path: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``.{name}.lock`` beside ``path`` (released when the process dies)."""
-    lock_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
-    with open(lock_path, "a") as lock_file:
-        try:
-            portalocker.lock(lock_file, portalocker.LOCK_EX | portalocker.LOCK_NB)
-        except portalocker.LockException:
-            logger.info(f"Waiting for another process that is fetching {path}")
-            portalocker.lock(lock_file, portalocker.LOCK_EX)
-        try:
-            yield
-        finally:
-            portalocker.unlock(lock_file)
+def _exclusive(lock_file: IO, output: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (released when the process dies)."""
+    try:
+        portalocker.lock(lock_file, portalocker.LOCK_EX | portalocker.LOCK_NB)
+    except portalocker.LockException:
+        logger.info(f"Waiting for another process that is fetching {output}")
+        portalocker.lock(lock_file, portalocker.LOCK_EX)
+    try:
+        yield
+    finally:
+        portalocker.unlock(lock_file)
+
+
+def _remove_leftovers(weights: PublishedWeights, directory: str, lock_path: str) -> None:
+    """Delete the temporary files of an earlier fetch of ``weights`` that was killed (under the
+    lock, no other process is writing them)."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name.startswith(f".{weights.name}.") and path != lock_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -300,13 +308,17 @@ def fetch_weights(
     if os.path.isfile(output) and not force:
         return output
     url = download_url(weights, mirror)
+    directory = os.path.dirname(output)
+    lock_path = os.path.join(directory, f".{os.path.basename(output)}.lock")
     try:
-        os.makedirs(os.path.dirname(output), exist_ok=True)
+        os.makedirs(directory, exist_ok=True)
+        lock_file = open(lock_path, "a")
     except OSError as e:
         raise _disk_error(weights, "the cache directory", cache, e, None) from None
-    with _exclusive(output):
+    with lock_file, _exclusive(lock_file, output):
         if os.path.isfile(output) and not force:  # fetched by another process meanwhile
             return output
+        _remove_leftovers(weights, directory, lock_path)
         _fetch(weights, url, output, cache)
     return output
 
