@@ -12,6 +12,7 @@ conversion), of one that only converts the same file already on disk, and the si
 """
 
 import argparse
+import functools
 import http.server
 import json
 import os
@@ -50,6 +51,11 @@ print(json.dumps({"seconds": seconds, "baseline_rss_mb": baseline, "peak_rss_mb"
 """
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
 def published_checkpoint(depth: int) -> dict:
     """Random weights in the official FishNet-<depth> layout, as the official code saved them."""
     from fishnet_d2.modeling import FISHNET_VARIANTS
@@ -68,7 +74,8 @@ def published_checkpoint(depth: int) -> dict:
 
 
 def run_child(env: dict, *args: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True, check=False)
+    command = [sys.executable, "-c", CHILD, *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode:
         sys.exit(result.stderr)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -88,8 +95,7 @@ def main() -> None:
         source = served / weights.file_name
         torch.save(published_checkpoint(args.depth), source, _use_new_zipfile_serialization=False)
 
-        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
-        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+        handler = functools.partial(QuietHandler, directory=str(served))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         env = {
@@ -103,8 +109,8 @@ def main() -> None:
         server.shutdown()
         entry = root / "cache" / "ImageNet" / f"{weights.name}.pth"
         mb = 2**20
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.machine())
-        print(f"Machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        cpus = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        print(f"Machine: {cpus[0] if cpus else platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
               f"command: python tools/measure_weight_fetch.py --depth {args.depth}\n")
         print("| step | time | peak memory (process) | of which the step |")
         print("| --- | --- | --- | --- |")
@@ -112,7 +118,8 @@ def main() -> None:
                           ("conversion alone (file on disk)", converted)):
             print(f"| {name} | {run['seconds']:.1f} s | {run['peak_rss_mb']:.0f} MB | "
                   f"{run['peak_rss_mb'] - run['baseline_rss_mb']:.0f} MB |")
-        print(f"\nPublished-layout file: {source.stat().st_size / mb:.1f} MB; cache entry: {entry.stat().st_size / mb:.1f} MB.")
+        sizes = f"Published-layout file: {source.stat().st_size / mb:.1f} MB; cache entry: {entry.stat().st_size / mb:.1f} MB."
+        print(f"\n{sizes}")
 
 
 if __name__ == "__main__":
