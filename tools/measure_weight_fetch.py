@@ -118,8 +118,8 @@ def main() -> None:
                           ("conversion alone (file on disk)", converted)):
             print(f"| {name} | {run['seconds']:.1f} s | {run['peak_rss_mb']:.0f} MB | "
                   f"{run['peak_rss_mb'] - run['baseline_rss_mb']:.0f} MB |")
-        sizes = f"Published-layout file: {source.stat().st_size / mb:.1f} MB; cache entry: {entry.stat().st_size / mb:.1f} MB."
-        print(f"\n{sizes}")
+        print(f"\nPublished-layout file: {source.stat().st_size / mb:.1f} MB; ", end="")
+        print(f"cache entry: {entry.stat().st_size / mb:.1f} MB.")
 
 
 if __name__ == "__main__":
