@@ -1,6 +1,7 @@
 """What ``tools/train_net.py`` runs in each process: ``setup(args)`` and ``main(args)``."""
 
 import argparse
+import logging
 from typing import Dict
 
 from detectron2.config import CfgNode
@@ -11,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..weights.checkpointer import FishNetCheckpointer
 from ..model_zoo import load_config, resolve_config_file
+from .launch import restarted_by_torchrun
 from .trainer import Trainer
 
 __all__ = ["setup", "main"]
@@ -30,7 +32,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 
 def main(args: argparse.Namespace) -> Dict:
-    """Train (``--resume`` to continue from the last checkpoint in OUTPUT_DIR), or with
+    """Train (``--resume``, or a restart by torchrun, to continue from the last checkpoint in
+    OUTPUT_DIR; SIGTERM: a checkpoint and exit status 75, see :mod:`fishnet_d2.engine.hooks`), or with
     ``--eval-only`` evaluate ``MODEL.WEIGHTS`` on ``DATASETS.TEST``; returns the results."""
     cfg = setup(args)
     if args.eval_only:
@@ -44,7 +47,11 @@ def main(args: argparse.Namespace) -> Dict:
         return results
 
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    # A worker that torchrun restarted (--max-restarts) continues from the last checkpoint.
+    resume = args.resume or restarted_by_torchrun()
+    if resume and not args.resume:
+        logging.getLogger(__name__).info("Restarted by torchrun: resuming from the last checkpoint in OUTPUT_DIR")
+    trainer.resume_or_load(resume=resume)
     if cfg.TEST.AUG.ENABLED:
         trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()

@@ -1,20 +1,37 @@
-"""``launch``: Detectron2's ``detectron2.engine.launch``, which also runs on machines without a GPU.
+"""``launch``: Detectron2's ``detectron2.engine.launch``, which also runs on machines without a
+GPU, and under torchrun (or any launcher that sets torchrun's environment).
 
 Without a GPU, the processes are CPU workers that communicate through GLOO, so ``--num-gpus 2``
 trains with 2 CPU processes (with ``MODEL.DEVICE cpu``). Detectron2 main's launcher does that
 itself; on v0.6 :mod:`fishnet_d2.backports` does it as main does.
+
+Started by torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT`` in the environment), this process is one of the workers: it joins
+the process group from that environment (NCCL with GPUs, GLOO without), makes Detectron2's local
+process group as Detectron2's ``launch`` makes it, and runs ``main_func`` itself.
 """
 
 import functools
+import logging
+import multiprocessing
 import os
+import signal
 from datetime import timedelta
 from typing import Any, Callable, Optional, Tuple
 
 import torch
+import torch.distributed as dist
+from detectron2.utils import comm
 
+from ..backports import create_local_process_group
 from ..backports import launch as d2_launch
+from .hooks import REQUEUE_EXIT_CODE
 
-__all__ = ["launch", "launch_from_args"]
+__all__ = ["launch", "launch_from_args", "started_by_torchrun", "restarted_by_torchrun"]
+
+# What torchrun sets in each worker's environment (and what a SLURM job script can set from
+# SLURM's variables, see docs/cluster.md).
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 _DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -36,6 +53,15 @@ def launch(
         dist_url: as Detectron2's: "tcp://IP:PORT", "file://PATH", or "auto" (a free local port,
             one machine only).
     """
+    if started_by_torchrun():
+        if (num_gpus_per_machine, num_machines, machine_rank) != (1, 1, 0):
+            raise ValueError(
+                f"num_gpus_per_machine={num_gpus_per_machine}, num_machines={num_machines}, machine_rank={machine_rank}: "
+                f"started by torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}), the processes are torchrun's; "
+                "leave out --num-gpus, --num-machines and --machine-rank (torchrun's --nproc-per-node and --nnodes say how many)"
+            )
+        _torchrun_worker(main_func, args, timeout)
+        return
     for name, value, least in (
         ("num_gpus_per_machine", num_gpus_per_machine, 1),
         ("num_machines", num_machines, 1),
@@ -52,15 +78,72 @@ def launch(
         if dist_url == "auto" and num_machines != 1:
             raise ValueError(f"dist_url='auto' works on one machine only, not num_machines={num_machines}")
         main_func = functools.partial(_share_cores, main_func, num_gpus_per_machine)
-    d2_launch(
-        main_func,
-        num_gpus_per_machine,
-        num_machines=num_machines,
-        machine_rank=machine_rank,
-        dist_url=dist_url,
-        args=args,
-        timeout=timeout,
-    )
+    if world_size == 1:
+        main_func(*args)
+        return
+    # The workers are this process's children: SIGTERM sent to this process only (Kubernetes
+    # signals PID 1) reaches them too; they checkpoint and exit with REQUEUE_EXIT_CODE, which
+    # becomes this process's exit status.
+    previous = signal.signal(signal.SIGTERM, _forward_sigterm_to_workers)
+    try:
+        d2_launch(
+            main_func,
+            num_gpus_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+            timeout=timeout,
+        )
+    except torch.multiprocessing.ProcessExitedException as e:
+        if e.exit_code == REQUEUE_EXIT_CODE:
+            raise SystemExit(REQUEUE_EXIT_CODE) from e
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _forward_sigterm_to_workers(signum: int, frame: Any) -> None:
+    for worker in multiprocessing.active_children():
+        os.kill(worker.pid, signal.SIGTERM)
+
+
+def started_by_torchrun() -> bool:
+    """Whether this process is a worker that torchrun started (its variables are set)."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this worker after a failure (``--max-restarts``):
+    ``TORCHELASTIC_RESTART_COUNT`` above 0."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def _torchrun_worker(main_func: Callable[..., Any], args: Tuple, timeout: timedelta) -> None:
+    """Detectron2's ``_distributed_worker`` for a process torchrun started: the process group from
+    the environment, the local process group, this process's GPU; then ``main_func(*args)``."""
+    local_rank, local_world_size = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    has_gpu = torch.cuda.is_available()
+    if has_gpu and local_world_size > torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_WORLD_SIZE={local_world_size}: torchrun started more processes on this machine than it has GPUs "
+            f"({torch.cuda.device_count()})"
+        )
+    if not has_gpu and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, torch.get_num_threads() // local_world_size))
+    try:
+        dist.init_process_group(backend="NCCL" if has_gpu else "GLOO", init_method="env://", timeout=timeout)
+    except Exception:
+        logging.getLogger(__name__).error(f"Process group at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
+        raise
+    create_local_process_group(local_world_size)
+    if has_gpu:
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
 
 
 def _share_cores(main_func: Callable[..., Any], num_procs_per_machine: int, *args: Any) -> Any:

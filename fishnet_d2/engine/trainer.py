@@ -1,24 +1,32 @@
-"""``Trainer``: Detectron2's ``DefaultTrainer`` with fishnet_d2's optimizer and evaluators."""
+"""``Trainer``: Detectron2's ``DefaultTrainer`` with fishnet_d2's optimizer, evaluators and
+checkpointer, on CPU process groups too, and runs that resume where they stopped."""
 
+import contextlib
+import functools
+import json
 import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
+import detectron2.engine.defaults
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import HookBase, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
-from detectron2.utils.logger import log_first_n, setup_logger
+from detectron2.utils.logger import log_first_n
 
 from ..backports import DefaultTrainer
-from ..weights.checkpointer import FishNetCheckpointer
 from ..evaluation import build_evaluator
 from ..modeling import FishNet
 from ..solver import build_optimizer
+from ..weights.checkpointer import FishNetCheckpointer
+from .data import ResumableTrainLoader, build_resumable_train_loader
+from .hooks import CheckpointOnSigterm, SeedEachIteration
 
 __all__ = ["Trainer"]
 
@@ -34,43 +42,70 @@ class Trainer(DefaultTrainer):
     * checkpoints read and written by :class:`fishnet_d2.weights.checkpointer.FishNetCheckpointer`, with the
       optimizer's state (as Detectron2 main's ``DefaultTrainer``; :mod:`fishnet_d2.backports`);
     * DistributedDataParallel on CPU (GLOO, see :func:`fishnet_d2.engine.launch`);
+    * exact resume: the training data of :class:`fishnet_d2.engine.data.ResumableTrainLoader`,
+      whose position and seed the checkpoints keep, and the process's random generators seeded
+      at each iteration from (seed, rank, iteration) (:class:`~fishnet_d2.engine.hooks.SeedEachIteration`):
+      a run resumed from the checkpoint of iteration ``k`` computes the iterations after ``k`` as
+      the unbroken run does; ``metrics.json`` loses the lines of the iterations to be run again;
+    * SIGTERM: a checkpoint after the current iteration and exit status 75
+      (:class:`~fishnet_d2.engine.hooks.CheckpointOnSigterm`);
     * a warning when a FishNet with FrozenBN would train from scratch (:meth:`resume_or_load`).
     """
 
     def __init__(self, cfg: CfgNode):
-        # DefaultTrainer.__init__'s steps (v0.6 and main alike), in its order, but scaling with
-        # this class's auto_scale_workers (DefaultTrainer's calls its own) and wrapping CPU models
-        # in DDP without device_ids (torch only accepts them for GPU models; DefaultTrainer always
-        # passes them). DefaultTrainer keeps the SimpleTrainer it runs as `_trainer`.
-        TrainerBase.__init__(self)  # not DefaultTrainer.__init__: its steps follow
-        logger = logging.getLogger("detectron2")
-        if not logger.isEnabledFor(logging.INFO):
-            setup_logger()
+        # This class's scaling (also UNTIL_ITER); DefaultTrainer's own, which __init__ calls, then
+        # finds REFERENCE_WORLD_SIZE equal to the number of processes and changes nothing.
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        with _ddp_on_cpu(cfg.MODEL.DEVICE):
+            super().__init__(cfg)
 
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+    def build_hooks(self) -> List[Optional[HookBase]]:
+        """DefaultTrainer's hooks, with its checkpointer replaced by a FishNetCheckpointer (this
+        runs once, at the end of ``DefaultTrainer.__init__``, after it made its own), and the
+        exact-resume and SIGTERM hooks (after the periodic checkpointer)."""
+        self.checkpointer = FishNetCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        hooks = super().build_hooks()
+        loader = self.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            hooks.insert(0, SeedEachIteration(lambda: loader.seed))
+        hooks.append(CheckpointOnSigterm())
+        return hooks
 
-        ddp_kwargs = {"device_ids": None} if torch.device(cfg.MODEL.DEVICE).type == "cpu" else {}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = FishNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
+        return build_resumable_train_loader(cfg)
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            state["data_loader"] = self.data_loader.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if not isinstance(self.data_loader, ResumableTrainLoader):
+            return
+        if "data_loader" in state_dict:
+            self.data_loader.load_state_dict(state_dict["data_loader"])
+        else:  # a checkpoint without it: one batch per iteration, this run's seed
+            logging.getLogger(__name__).warning(
+                "The checkpoint holds no data loader state: the data order continues with this run's seed "
+                "(images seen differ from an unbroken run)"
+            )
+            self.data_loader.load_state_dict(
+                {"seed": self.data_loader.seed, "world_size": comm.get_world_size(), "batches": state_dict["iteration"] + 1}
+            )
 
     def resume_or_load(self, resume: bool = True) -> None:
         """As ``DefaultTrainer.resume_or_load``; first warns, once, when the run starts from
-        scratch (no ``MODEL.WEIGHTS``, nothing to resume) with a FishNet whose BatchNorm is frozen."""
+        scratch (no ``MODEL.WEIGHTS``, nothing to resume) with a FishNet whose BatchNorm is frozen;
+        after a resume, removes from ``metrics.json`` the lines of the iterations to be run again."""
         resuming = resume and self.checkpointer.has_checkpoint()
         if not resuming and not self.cfg.MODEL.WEIGHTS:
-            warn_if_frozen_batchnorm_from_scratch(self.cfg, self.model)
+            warn_if_frozen_batchnorm_from_scratch(self.model)
         super().resume_or_load(resume=resume)
+        if resuming and comm.is_main_process():
+            drop_metrics_from(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
 
     @staticmethod
     def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
@@ -113,12 +148,62 @@ class Trainer(DefaultTrainer):
         return OrderedDict((name + "_TTA", value) for name, value in results.items())
 
 
-def warn_if_frozen_batchnorm_from_scratch(cfg: CfgNode, model: torch.nn.Module) -> bool:
-    """Warn (once per process) when ``model`` holds a FishNet built with FrozenBN, which is meant
-    for converted ImageNet weights: from random initialisation every FrozenBN is the identity, and
-    training diverges without a word (FishNet-99 Mask R-CNN: total loss 78 at iteration 2, then NaN
-    features). Returns whether ``model`` is such a model (the warning itself is logged once)."""
-    if cfg.MODEL.FISHNET.NORM != "FrozenBN" or not any(isinstance(m, FishNet) for m in model.modules()):
+@contextlib.contextmanager
+def _ddp_on_cpu(device: str) -> Iterator[None]:
+    """Inside: ``DefaultTrainer.__init__`` wraps a CPU model in DistributedDataParallel without
+    ``device_ids``. It calls ``detectron2.engine.defaults.create_ddp_model``, which always passes
+    ``device_ids=[local rank]``, and torch accepts device ids for GPU models only; this is the
+    one step of ``__init__`` that a CPU process group needs changed."""
+    if torch.device(device).type != "cpu" or comm.get_world_size() == 1:
+        yield
+        return
+    module = detectron2.engine.defaults
+    original = module.create_ddp_model
+    module.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
+    try:
+        yield
+    finally:
+        module.create_ddp_model = original
+
+
+def drop_metrics_from(path: str, iteration: int) -> int:
+    """Cut the ``metrics.json`` at ``path`` (Detectron2's JSONWriter: one JSON object a line, in
+    the order of iterations) before its first line of ``iteration`` or later, or its first
+    unreadable line (the end of a process killed while writing). In place: the trainer's writer
+    appends to the same file. Returns the number of lines removed."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "r+b") as f:
+        lines = f.read().splitlines(keepends=True)
+        kept, size = 0, 0
+        for line in lines:
+            try:
+                if json.loads(line)["iteration"] >= iteration or not line.endswith(b"\n"):
+                    break
+            except (ValueError, KeyError, TypeError):
+                break
+            kept, size = kept + 1, size + len(line)
+        f.truncate(size)
+    if kept < len(lines):
+        logging.getLogger(__name__).info(f"{path}: removed {len(lines) - kept} lines of iterations >= {iteration}, to be run again")
+    return len(lines) - kept
+
+
+def warn_if_frozen_batchnorm_from_scratch(model: torch.nn.Module) -> bool:
+    """Warn (once per process) when ``model`` holds a FishNet whose norms are all FrozenBN
+    (``MODEL.FISHNET.NORM FrozenBN``), which is meant for converted ImageNet weights: from random
+    initialisation every FrozenBN is the identity, and training diverges without a word (FishNet-99
+    Mask R-CNN: total loss 78 at iteration 2, then NaN features). Returns whether ``model`` is such
+    a model (the warning itself is logged once)."""
+    trainable_norms = (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm, torch.nn.GroupNorm)
+    frozen = [
+        fishnet
+        for fishnet in model.modules()
+        if isinstance(fishnet, FishNet)
+        and any(isinstance(m, FrozenBatchNorm2d) for m in fishnet.modules())
+        and not any(isinstance(m, trainable_norms) for m in fishnet.modules())
+    ]
+    if not frozen:
         return False
     log_first_n(
         logging.WARNING,
