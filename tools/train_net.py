@@ -5,7 +5,10 @@
         --num-gpus 8
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
     python tools/train_net.py --config-file CONFIG --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
+    torchrun --nproc-per-node 8 tools/train_net.py --config-file CONFIG              # or under torchrun
 
+--resume (or a restart by torchrun) continues from the last checkpoint in OUTPUT_DIR; SIGTERM
+writes a checkpoint of the current iteration and exits with status 75 (docs/cluster.md).
 Everything it does is in fishnet_d2.engine (Trainer, setup, main, launch).
 """
 
