@@ -90,9 +90,10 @@ def pytorchcv_state_dict(depth: int) -> Dict[str, torch.Tensor]:
     return {key: plausible(key, tuple(shape), generator) for key, (_, shape) in pytorchcv_layout(FISHNET_VARIANTS[depth], 1000).items()}
 
 
-def zip_as_pytorchcv(pth: Path, archive: Path) -> None:
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
-        zipped.write(pth, pth.name)
+def zip_as_pytorchcv(pth: Path, archive: Path, member: str) -> None:
+    """``pth`` deflated into ``archive`` as ``member``, as pytorchcv publishes its weights."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zipped:
+        zipped.write(pth, member)
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +110,12 @@ def published(tmp_path_factory) -> Dict[str, Path]:
     own.mkdir()
     torch.save(pytorchcv_state_dict(150), own / "weights.pth")
     sha1 = hashlib.sha1((own / "weights.pth").read_bytes()).hexdigest()
-    (own / "weights.pth").rename(own / f"fishnet150-0475-{sha1[:8]}.pth")
-    zip_as_pytorchcv(own / f"fishnet150-0475-{sha1[:8]}.pth", own / f"fishnet150-0475-{sha1[:8]}.pth.zip")
+    pth = own / "weights.pth"
     files["own_pytorchcv"] = own / f"fishnet150-0475-{sha1[:8]}.pth.zip"
+    zip_as_pytorchcv(pth, files["own_pytorchcv"], files["own_pytorchcv"].stem)
     # The same bytes under the published name: their SHA-1 is not the published one.
-    published_pth = root / PYTORCHCV_150.archive_member
-    published_pth.write_bytes((own / f"fishnet150-0475-{sha1[:8]}.pth").read_bytes())
-    zip_as_pytorchcv(published_pth, root / PYTORCHCV_150.file_name)
     files[PYTORCHCV_150.file_name] = root / PYTORCHCV_150.file_name
+    zip_as_pytorchcv(pth, files[PYTORCHCV_150.file_name], PYTORCHCV_150.archive_member)
     return files
 
 
@@ -125,8 +124,9 @@ def published(tmp_path_factory) -> Dict[str, Path]:
 
 class Mirror:
     """An HTTP server on 127.0.0.1 serving ``files`` ({name: path}) at ``/<name>``, recording each
-    request. ``faults[name]``: ("status", code), ("drop", bytes sent before the connection closes),
-    ("slow", seconds between 1 MiB chunks) or ("page", html served with status 200)."""
+    request. ``faults[name]``: ("status", code), ("drop", n: n bytes of 2n announced, then the
+    connection closes), ("slow", seconds between 1 MiB chunks) or ("page", text served with status
+    200)."""
 
     def __init__(self, files: Dict[str, Path]):
         self.files = dict(files)
@@ -147,6 +147,8 @@ class Mirror:
                     return
                 if kind == "page":
                     data = value.encode()
+                elif kind == "drop":
+                    data = bytes(2 * value)
                 elif name in mirror.files:
                     data = mirror.files[name].read_bytes()
                 else:
@@ -170,7 +172,7 @@ class Mirror:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     @property
@@ -183,14 +185,20 @@ class Mirror:
 
 
 @pytest.fixture
-def mirror(published, tmp_path, monkeypatch):
-    """The mirror of the published files, named by FISHNET_D2_MIRROR; an empty cache in
-    FISHNET_D2_CACHE."""
-    server = Mirror(published)
+def mirror(tmp_path, monkeypatch):
+    """An empty mirror, named by FISHNET_D2_MIRROR; an empty cache in FISHNET_D2_CACHE."""
+    server = Mirror({})
     monkeypatch.setenv(MIRROR_ENV, server.url)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     yield server
     server.close()
+
+
+@pytest.fixture
+def published_mirror(mirror, published):
+    """The mirror of the published files."""
+    mirror.files.update(published)
+    return mirror
 
 
 def cache_files(cache: Path) -> List[str]:
@@ -211,9 +219,10 @@ def closed_port() -> int:
 # ---- first use, later uses ----
 
 
-def test_first_use_fetches_converts_and_caches_then_uses_the_cache(mirror, published, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_first_use_fetches_converts_and_caches_then_uses_the_cache(published_mirror, published, tmp_path, monkeypatch):
     path = PathManager.get_local_path(SCHEME + "fishnet150_official")
-    assert mirror.requests == ["fishnet150_ckpt.tar"]
+    assert published_mirror.requests == ["fishnet150_ckpt.tar"]
     assert Path(path) == tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth"
     assert cache_files(tmp_path / "cache") == ["fishnet150_official.pth"]
 
@@ -233,10 +242,11 @@ def test_first_use_fetches_converts_and_caches_then_uses_the_cache(mirror, publi
     assert PathManager.get_local_path(SCHEME + "fishnet150_official") == path
     with PathManager.open(SCHEME + "fishnet150_official", "rb") as f:
         assert f.read(2) == Path(path).read_bytes()[:2]
-    assert mirror.requests == ["fishnet150_ckpt.tar"]
+    assert published_mirror.requests == ["fishnet150_ckpt.tar"]
 
 
-def test_a_killed_fetch_leaves_files_the_next_one_removes(mirror, tmp_path):
+@pytest.mark.slow
+def test_a_killed_fetch_leaves_files_the_next_one_removes(published_mirror, tmp_path):
     entries = tmp_path / "cache" / "ImageNet"
     entries.mkdir(parents=True)
     for leftover in (".fishnet99_official.abc123.download", ".fishnet99_official.pth.xyz.tmp"):
@@ -246,13 +256,14 @@ def test_a_killed_fetch_leaves_files_the_next_one_removes(mirror, tmp_path):
     assert cache_files(tmp_path / "cache") == [".fishnet99_official_other.1.download", "fishnet99_official.pth"]
 
 
-def test_pytorchcv_zip_is_unpacked_and_checked_by_its_sha1(mirror, published, tmp_path):
+@pytest.mark.slow
+def test_pytorchcv_zip_is_unpacked_and_checked_by_its_sha1(published_mirror, published, tmp_path):
     archive = published["own_pytorchcv"]
     sha1 = archive.name.split("-")[2][:8]
     entry = dataclasses.replace(PYTORCHCV_150, url=f"https://github.com/osmr/imgclsmob/releases/download/v0.0.502/{archive.name}", sha1_prefix=sha1)
-    mirror.files[archive.name] = archive
+    published_mirror.files[archive.name] = archive
     path = fetch_weights(entry)
-    assert mirror.requests == [archive.name]
+    assert published_mirror.requests == [archive.name]
     model = torch.load(path, weights_only=True)["model"]
     served = pytorchcv_state_dict(150)
     assert torch.equal(model["stem.conv1.conv.weight"], served["features.init_block.conv1.conv.weight"])
@@ -261,6 +272,7 @@ def test_pytorchcv_zip_is_unpacked_and_checked_by_its_sha1(mirror, published, tm
     assert cache_files(tmp_path / "cache") == ["fishnet150_pytorchcv.pth"]
 
 
+@pytest.mark.slow
 def test_mirror_may_be_a_directory(published, tmp_path, monkeypatch):
     monkeypatch.setenv(MIRROR_ENV, published["fishnet99_ckpt.tar"].parent.as_uri())
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
@@ -268,11 +280,12 @@ def test_mirror_may_be_a_directory(published, tmp_path, monkeypatch):
     assert len(torch.load(path, weights_only=True)["model"]) == 599
 
 
-def test_the_converter_takes_a_weight_name(mirror, tmp_path):
+@pytest.mark.slow
+def test_the_converter_takes_a_weight_name(published_mirror, tmp_path):
     output = tmp_path / "fishnet99.pkl"
     result = run_converter(SCHEME + "fishnet99_official", output)
     assert result.returncode == 0, result.stderr
-    assert mirror.requests == ["fishnet99_ckpt.tar"] and "FishNet-99" in result.stdout
+    assert published_mirror.requests == ["fishnet99_ckpt.tar"] and "FishNet-99" in result.stdout
     with open(output, "rb") as f:
         assert len(pickle.load(f)["model"]) == 599
     result = run_converter(SCHEME + "fishnext150", tmp_path / "fishnext150.pkl")
@@ -283,30 +296,25 @@ def test_the_converter_takes_a_weight_name(mirror, tmp_path):
 # ---- faults: a one-paragraph error, and nothing in the cache ----
 
 FAULTS = {
-    # name -> (served name, fault, words of the message)
+    # name -> (weights, fault, words of the message)
     "no network": ("fishnet150_official", None, ["no connection", "Connection refused", MIRROR_ENV, "tools/convert_fishnet_to_d2.py"]),
     "HTTP 404": ("fishnet150_official", ("status", 404), ["HTTP 404", MIRROR_ENV]),
     "HTTP 403": ("fishnet150_official", ("status", 403), ["HTTP 403", "https://www.dropbox.com/s/hjadcef18ln3o2v/fishnet150_ckpt.tar?dl=1"]),
-    "connection dropped": ("fishnet150_official", ("drop", 3 << 20), ["dropped after 3,145,728 of", "Run again"]),
+    "connection dropped": ("fishnet150_official", ("drop", 3 << 20), ["dropped after 3,145,728 of 6,291,456 bytes", "Run again"]),
     "a web page": ("fishnet150_official", ("page", "<!DOCTYPE html><html>Link expired</html>"), ["sent a web page"]),
     "not a checkpoint": ("fishnet150_official", ("page", "garbage " * 100), ["not a readable torch checkpoint"]),
-    "another variant": ("fishnet150_official", ("alias", "fishnet99_ckpt.tar"), ["it holds FishNet-99", "not FishNet-150"]),
-    "bad hash": ("fishnet150_pytorchcv", None, ["SHA-1", "does not begin with the published 93e26daa"]),
-    "another archive": ("fishnet150_pytorchcv", ("alias", "own_pytorchcv"), ["the zip archive holds fishnet150-0475-"]),
     "a web page for a zip": ("fishnet150_pytorchcv", ("page", "<html><body>Not found</body></html>"), ["sent a web page"]),
+}  # fmt: skip
+# Published files in the wrong place. name -> (weights, the file served, words of the message)
+WRONG_FILES = {
+    "another variant": ("fishnet150_official", "fishnet99_ckpt.tar", ["it holds FishNet-99", "not FishNet-150"]),
+    "bad hash": ("fishnet150_pytorchcv", PYTORCHCV_150.file_name, ["SHA-1", "does not begin with the published 93e26daa"]),
+    "another archive": ("fishnet150_pytorchcv", "own_pytorchcv", ["the zip archive holds fishnet150-0475-"]),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_each_fault_is_one_paragraph_and_leaves_no_cache_entry(mirror, tmp_path, monkeypatch, fault):
-    name, how, words = FAULTS[fault]
-    entry = PUBLISHED_WEIGHTS[name]
-    if fault == "no network":
-        monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{closed_port()}")
-    elif how and how[0] == "alias":
-        mirror.files[entry.file_name] = mirror.files[how[1]]
-    elif how:
-        mirror.faults[entry.file_name] = how
+def assert_refused(name: str, words: List[str], cache: Path) -> None:
+    """Resolving ``name`` raises one paragraph holding ``words``, and caches nothing."""
     with pytest.raises(WeightsUnavailableError) as raised:
         PathManager.get_local_path(SCHEME + name)
     message = str(raised.value)
@@ -314,7 +322,25 @@ def test_each_fault_is_one_paragraph_and_leaves_no_cache_entry(mirror, tmp_path,
     assert "\n\n" not in message and "Nothing was written to the cache" in message, message
     for word in words:
         assert word in message, message
-    assert cache_files(tmp_path / "cache") == []
+    assert cache_files(cache) == []
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_each_fault_is_one_paragraph_and_leaves_no_cache_entry(mirror, tmp_path, monkeypatch, fault):
+    name, how, words = FAULTS[fault]
+    if how is None:
+        monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{closed_port()}")
+    else:
+        mirror.faults[PUBLISHED_WEIGHTS[name].file_name] = how
+    assert_refused(name, words, tmp_path / "cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", sorted(WRONG_FILES))
+def test_a_wrong_file_is_refused_and_leaves_no_cache_entry(published_mirror, tmp_path, fault):
+    name, served, words = WRONG_FILES[fault]
+    published_mirror.files[PUBLISHED_WEIGHTS[name].file_name] = published_mirror.files[served]
+    assert_refused(name, words, tmp_path / "cache")
 
 
 def test_unknown_and_unpublished_names():
@@ -328,8 +354,8 @@ def test_unknown_and_unpublished_names():
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_the_download_leaves_nothing(mirror, tmp_path):
-    mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.5)
+def test_ctrl_c_during_the_download_leaves_nothing(published_mirror, tmp_path):
+    published_mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.5)
     cache = tmp_path / "cache"
     child = subprocess.Popen(
         [sys.executable, "-c", RESOLVE, SCHEME + "fishnet150_official"],
@@ -346,7 +372,7 @@ def test_ctrl_c_during_the_download_leaves_nothing(mirror, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_gives_an_error_and_leaves_nothing(mirror, tmp_path):
+def test_a_full_disk_gives_an_error_and_leaves_nothing(published_mirror, tmp_path):
     def limited_file_size():  # writes past 2 MiB fail as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -363,8 +389,8 @@ def test_a_full_disk_gives_an_error_and_leaves_nothing(mirror, tmp_path):
 
 
 @pytest.mark.slow
-def test_processes_starting_together_download_once(mirror, tmp_path):
-    mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.08)  # ~8 s: the processes overlap
+def test_processes_starting_together_download_once(published_mirror, tmp_path):
+    published_mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.08)  # ~8 s: the processes overlap
     children = [
         subprocess.Popen(
             [sys.executable, "-c", RESOLVE, SCHEME + "fishnet150_official"],
@@ -376,7 +402,7 @@ def test_processes_starting_together_download_once(mirror, tmp_path):
     assert [child.returncode for child in children] == [0, 0], results
     expected = str(tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth")
     assert [out.strip() for out, _ in results] == [expected, expected]
-    assert mirror.requests == [OFFICIAL_150.file_name]
+    assert published_mirror.requests == [OFFICIAL_150.file_name]
     assert sum("Waiting for another process" in err for _, err in results) == 1
     assert len(torch.load(expected, weights_only=True)["model"]) == 905
 
@@ -453,7 +479,7 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["fishnet_d2", "detectron2"])
-def test_training_from_an_empty_directory_starts_from_the_named_weights(mirror, demo_datasets, tmp_path, script):
+def test_training_from_an_empty_directory_starts_from_the_named_weights(published_mirror, demo_datasets, tmp_path, script):
     """tools/train_net.py on the packaged paper config (or Detectron2's train_net.py, with the
     plugin's two lines, on the packaged 1x config), run where nothing else is: the official FishNet-150 weights are fetched from the mirror,
     converted, loaded into every backbone tensor, and the first iteration is trained."""
@@ -471,7 +497,7 @@ def test_training_from_an_empty_directory_starts_from_the_named_weights(mirror, 
         env=child_env(DETECTRON2_DATASETS=str(demo_datasets), OMP_NUM_THREADS="2"),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert mirror.requests == [OFFICIAL_150.file_name]
+    assert published_mirror.requests == [OFFICIAL_150.file_name]
     trained = torch.load(workdir / "output" / "model_final.pth", weights_only=True)
     assert trained["iteration"] == 0  # the first iteration (0-based), trained
     converted = torch.load(tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth", weights_only=True)["model"]
