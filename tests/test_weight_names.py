@@ -13,6 +13,8 @@ the published name it must be refused.
 import dataclasses
 import hashlib
 import http.server
+import json
+import math
 import os
 import pickle
 import re
@@ -481,8 +483,9 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("script", ["fishnet_d2", "detectron2"])
 def test_training_from_an_empty_directory_starts_from_the_named_weights(published_mirror, demo_datasets, tmp_path, script):
     """tools/train_net.py on the packaged paper config (or Detectron2's train_net.py, with the
-    plugin's two lines, on the packaged 1x config), run where nothing else is: the official FishNet-150 weights are fetched from the mirror,
-    converted, loaded into every backbone tensor, and the first iteration is trained."""
+    plugin's two lines, on the packaged 1x config), run where nothing else is: the official
+    FishNet-150 weights are fetched from the mirror, converted, loaded into every backbone tensor,
+    and the first iteration is trained."""
     workdir = tmp_path / "empty"
     workdir.mkdir()
     if script == "fishnet_d2":
@@ -500,6 +503,8 @@ def test_training_from_an_empty_directory_starts_from_the_named_weights(publishe
     assert published_mirror.requests == [OFFICIAL_150.file_name]
     trained = torch.load(workdir / "output" / "model_final.pth", weights_only=True)
     assert trained["iteration"] == 0  # the first iteration (0-based), trained
+    metrics = [json.loads(line) for line in (workdir / "output" / "metrics.json").read_text().splitlines()]
+    assert any(m["iteration"] == 0 and math.isfinite(m["total_loss"]) for m in metrics), metrics
     converted = torch.load(tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth", weights_only=True)["model"]
     backbone = {k[len("backbone.bottom_up.") :]: v for k, v in trained["model"].items() if k.startswith("backbone.bottom_up.")}
     compared = [k for k in backbone if k in converted]
