@@ -245,6 +245,11 @@ def test_first_use_fetches_converts_and_caches_then_uses_the_cache(published_mir
     with PathManager.open(SCHEME + "fishnet150_official", "rb") as f:
         assert f.read(2) == Path(path).read_bytes()[:2]
     assert published_mirror.requests == ["fishnet150_ckpt.tar"]
+    # force=True: fetched again, over the entry.
+    monkeypatch.setenv(MIRROR_ENV, published_mirror.url)
+    assert PathManager.get_local_path(SCHEME + "fishnet150_official", force=True) == path
+    assert published_mirror.requests == ["fishnet150_ckpt.tar"] * 2
+    assert cache_files(tmp_path / "cache") == ["fishnet150_official.pth"]
 
 
 @pytest.mark.slow
