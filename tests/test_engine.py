@@ -123,6 +123,13 @@ def test_launch_checks_its_arguments(monkeypatch):
         launch(print, 2, num_machines=2, dist_url="auto")
 
 
+def test_launch_under_torchrun_refuses_its_own_process_counts(monkeypatch):
+    for name, value in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=r"num_gpus_per_machine=2.*started by torchrun \(WORLD_SIZE=2\).*leave out --num-gpus"):
+        launch(print, 2)
+
+
 def _shapes_config(tmp_path, names):
     """The paper's Mask R-CNN config, shrunk, on the small shapes dataset, written as a YAML file."""
     cfg = fishnet_cfg()

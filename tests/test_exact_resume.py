@@ -4,6 +4,7 @@ seed, and the training process's randomness is derived from (seed, rank, iterati
 process: interruptions by SIGTERM (a checkpoint at that iteration, exit status 75) and by a crash
 (resumed from the last periodic checkpoint), with data-loader workers and without."""
 
+import json
 import os
 import signal
 
@@ -14,11 +15,11 @@ from detectron2.utils.env import seed_all_rng
 
 from fishnet_d2.engine import REQUEUE_EXIT_CODE, Trainer
 from fishnet_d2.engine.data import ResumableTrainLoader
+from fishnet_d2.engine.trainer import drop_metrics_from
 
 from .support import tiny_mask_rcnn_cfg
 
 pytestmark = [
-    pytest.mark.slow,  # trains, and NUM_WORKERS 2 starts processes
     pytest.mark.filterwarnings("ignore:`np.int` is a deprecated alias:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning"),
 ]
@@ -89,11 +90,13 @@ def unbroken(names, tmp_path_factory):
     return weights
 
 
+@pytest.mark.slow  # trains, and NUM_WORKERS 2 starts processes
 def test_workers_do_not_change_the_data(unbroken):
     """Each image is mapped with randomness seeded from its position in the order."""
     assert_same_weights(unbroken[0], unbroken[2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize(
     "at, how, resumed_from",
@@ -144,3 +147,16 @@ def test_loader_resumes_its_batches(names):
             second.load_state_dict(first.state_dict())
             batches = iter(second)
             assert [next(batches) for _ in range(12 - stop)] == expected[stop:], (rank, stop)
+
+
+def test_metrics_lose_the_iterations_to_run_again(tmp_path):
+    """On resume at iteration 20: the lines of iterations >= 20 go, and a line cut by a kill."""
+    lines = [json.dumps({"iteration": i, "total_loss": 1.0}) + "\n" for i in (9, 19, 19, 20, 29)]
+    path = tmp_path / "metrics.json"
+    path.write_text("".join(lines[:3]) + "".join(lines[3:]))
+    assert drop_metrics_from(str(path), 20) == 2
+    assert path.read_text() == "".join(lines[:3])
+    path.write_text("".join(lines[:2]) + '{"iteration": 19, "total_lo')
+    assert drop_metrics_from(str(path), 20) == 1
+    assert path.read_text() == "".join(lines[:2])
+    assert drop_metrics_from(str(tmp_path / "missing.json"), 20) == 0

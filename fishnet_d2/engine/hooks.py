@@ -4,6 +4,7 @@ from (seed, rank, iteration), and SIGTERM turned into a checkpoint and a requeue
 import logging
 import os
 import signal
+import threading
 from typing import Any, Callable, Optional
 
 from detectron2.engine import HookBase
@@ -59,6 +60,10 @@ class CheckpointOnSigterm(HookBase):
 
     def before_train(self) -> None:
         self._signalled = False
+        if threading.current_thread() is not threading.main_thread():
+            # Python delivers signals to the main thread only, and only it may set a handler.
+            logging.getLogger(__name__).warning("Training outside the main thread: SIGTERM stops it without a checkpoint")
+            return
         self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum: int, frame: Optional[Any]) -> None:
