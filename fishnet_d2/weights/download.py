@@ -21,6 +21,7 @@ import hashlib
 import http.client
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import urllib.error
@@ -108,11 +109,17 @@ def _first_line(error: BaseException) -> str:
 def _disk_error(
     weights: PublishedWeights, what: str, directory: str, error: BaseException, size: Optional[int]
 ) -> WeightsUnavailableError:
-    need = f" (about {2 * size / 2**20:.0f} MB are needed: the download and the converted file)" if size else ""
+    """``what`` (``size`` bytes, when known) could not be written in ``directory``."""
+    room = []
+    if size:
+        room.append(f"{size / 2**20:.0f} MB to write")
+    with contextlib.suppress(OSError):
+        room.append(f"{shutil.disk_usage(directory).free / 2**20:.0f} MB free there")
+    room_text = f" ({'; '.join(room)})" if room else ""
     return WeightsUnavailableError(
-        f"{SCHEME}{weights.name}: could not write {what} in {directory}: {_first_line(error)}. Free "
-        f"space there{need}, or set {CACHE_ENV} to a writable directory with room. Nothing was "
-        "written to the cache."
+        f"{SCHEME}{weights.name}: could not write {what} in {directory}: {_first_line(error)}"
+        f"{room_text}. Free space there, or set {CACHE_ENV} to a writable directory with room. Nothing "
+        "was written to the cache."
     )
 
 
@@ -228,7 +235,8 @@ def _unpack(weights: PublishedWeights, url: str, archive: str, destination: str,
                     try:
                         _write_all(out.fileno(), chunk)
                     except OSError as e:
-                        raise _disk_error(weights, "the unzipped file", cache, e, os.path.getsize(archive)) from None
+                        size = zipped.getinfo(weights.archive_member).file_size
+                        raise _disk_error(weights, "the unzipped file", cache, e, size) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise _not_the_weights(weights, url, f"not a readable zip archive ({_first_line(e)}).", cache) from None
     if not digest.hexdigest().startswith(weights.sha1_prefix):
@@ -255,7 +263,8 @@ def _convert(weights: PublishedWeights, url: str, path: str, output: str, source
     try:
         save_d2_checkpoint(converted.state_dict, output, author)
     except Exception as e:  # torch.save reports a full disk as OSError or RuntimeError
-        raise _disk_error(weights, "the converted weights", os.path.dirname(output), e, os.path.getsize(path)) from None
+        size = sum(t.numel() * t.element_size() for t in converted.state_dict.values())
+        raise _disk_error(weights, "the converted weights", os.path.dirname(output), e, size) from None
 
 
 def _fetch(weights: PublishedWeights, url: str, output: str, cache: str) -> None:
