@@ -193,6 +193,25 @@ def test_export_matches_eager(config_files, tmp_path, architecture, method, form
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["mask_rcnn", "faster_rcnn"])
+def test_the_trained_demo_model_in_onnxruntime_matches_eager(demo_checkpoint, tmp_path, architecture):
+    """Trained weights (the demo's Mask R-CNN, and its Faster R-CNN: the same without the mask
+    head): the ONNX file in onnxruntime on images of other sizes than the sample's; timed."""
+    config, weights, _ = demo_checkpoint
+    overrides = ["MODEL.WEIGHTS", str(weights), "MODEL.MASK_ON", str(architecture == "mask_rcnn")]
+    status, out, err = run("--config-file", config, "--format", "onnx", "--output", tmp_path, "--time", "1", *overrides)
+    assert status == 0, err
+    info = json.loads((tmp_path / "export_info.json").read_text())
+    assert info["check"]["passed"] and info["check"]["runtime"].startswith("onnxruntime")
+    assert [o for o in info["outputs"] if o != "image_size"] == sorted(FIELDS[architecture])
+    timing = info["timing"]
+    assert timing["eager_seconds_per_image"] > 0 and timing["exported_seconds_per_image"] > 0
+    assert "seconds per image: eager " in out
+    model = load_model(load_config(str(config), overrides))
+    assert_onnxruntime_matches_eager(tmp_path / "model.onnx", info["outputs"], model, sizes=((96, 128), (160, 120), (128, 64)))
+
+
+@pytest.mark.slow
 def test_a_compiled_fishnet_config_exports_the_eager_model(config_files, tmp_path):
     status, out, err = run(
         "--config-file", config_files["faster_rcnn"], "--export-method", "scripting",

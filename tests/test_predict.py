@@ -5,6 +5,7 @@ a clear message per bad input, and nothing half-written."""
 import contextlib
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,9 +17,11 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
+from detectron2.engine import default_argument_parser
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 import fishnet_d2.apps.data  # noqa: F401  (registers the demo datasets, as tools/predict.py does)
 from fishnet_d2.apps.predict import (
@@ -33,6 +36,7 @@ from fishnet_d2.apps.predict import (
     read_image_file,
 )
 from fishnet_d2.apps.visualization import draw_predictions, prediction_metadata
+from fishnet_d2.engine import main as train_net_main
 
 from .support import REPO, tiny_mask_rcnn_cfg, write_model
 
@@ -268,6 +272,38 @@ def test_config_overrides_after_the_options_or_after_opts(config_file, images, t
         "--config-file", config_file, "--input", images / "good.png", "--output", tmp_path, "MODEL.DEVICE", "cpu", "--opts", "X", "1"
     )
     assert status == 2 and "config overrides are KEY VALUE pairs, after every option; --opts is among them" in err
+
+
+@pytest.mark.slow
+def test_results_on_the_demo_split_evaluate_to_the_ap_of_train_net_eval_only(demo_checkpoint, tmp_path):
+    """The docs' example: predict the demo's validation images with --dataset, evaluate the results
+    with pycocotools (COCO.loadRes + COCOeval) against the split's annotations: the AP that
+    tools/train_net.py --eval-only (COCOEvaluator) reports for the same weights."""
+    config, weights, names = demo_checkpoint
+    # Score threshold 0: detections to evaluate from briefly trained weights.
+    overrides = ["MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{names['val']}',)", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    reported = train_net_main(
+        default_argument_parser().parse_args(
+            ["--config-file", str(config), "--eval-only", *map(str, overrides), "OUTPUT_DIR", str(tmp_path / "eval")]
+        )
+    )
+    records = DatasetCatalog.get(names["val"])
+    folder = Path(records[0]["file_name"]).parent
+    assert len(records) == len(list(folder.iterdir())) == 200
+    status, _, err = run(
+        "--config-file", config, "--input", folder, "--dataset", names["val"], "--confidence-threshold", "0",
+        "--output", tmp_path / "predict", *overrides,
+    )  # fmt: skip
+    assert status == 0, err
+    annotations = COCO(MetadataCatalog.get(names["val"]).json_file)
+    for iou_type in ("bbox", "segm"):
+        evaluation = COCOeval(annotations, annotations.loadRes(str(tmp_path / "predict" / "coco_instances_results.json")), iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        ap = 100 * evaluation.stats[0]
+        assert math.isfinite(reported[iou_type]["AP"]) and ap > 0
+        assert abs(ap - reported[iou_type]["AP"]) <= 0.5, (iou_type, ap, reported[iou_type]["AP"])
 
 
 @pytest.mark.parametrize("argument", ["missing.png", "empty", "nothing*.png"])

@@ -15,6 +15,7 @@ from .exporters import (
     onnx_runner,
 )
 from .matching import MAX_UNMATCHED_SHARE, DetectionComparison, Difference, compare_instances
+from .timing import seconds_per_image, time_export
 from .verify import FRESH_PROCESS_SCRIPT, model_input, run_in_fresh_process, sample_images
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "DetectionComparison",
     "Difference",
     "compare_instances",
+    "seconds_per_image",
+    "time_export",
     "FRESH_PROCESS_SCRIPT",
     "model_input",
     "run_in_fresh_process",

@@ -22,6 +22,7 @@ from ..predict.results import write_json
 from .d2export import ExportUnavailableError, detectron2_export
 from .exporters import FORMATS, METHODS, ONNX_OPSET, Exported, check_exportable, eager_instances, export_model
 from .matching import MAX_UNMATCHED_SHARE, DetectionComparison, compare_instances
+from .timing import time_export
 from .verify import fresh_process_difference, model_input, sample_images
 
 __all__ = ["INFO_JSON", "DEFAULT_TOLERANCE", "argument_parser", "main"]
@@ -71,6 +72,14 @@ def argument_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_TOLERANCE:g})",
     )
     parser.add_argument("--skip-check", action="store_true", help="export without running the exported model")
+    parser.add_argument(
+        "--time",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="after the check, time the exported model and eager mode on the sample images, ROUNDS "
+        "passes each after a warm-up, and report the seconds per image (in OUTPUT/" + INFO_JSON + ")",
+    )
     return parser
 
 
@@ -154,7 +163,12 @@ def check_export(
 
 
 def _info(
-    args: argparse.Namespace, cfg: CfgNode, exported: Exported, how: str, check: Optional[Dict]
+    args: argparse.Namespace,
+    cfg: CfgNode,
+    exported: Exported,
+    how: str,
+    check: Optional[Dict],
+    timing: Optional[Dict],
 ) -> Dict:
     tracing = exported.method == "tracing"
     return {
@@ -178,6 +192,7 @@ def _info(
             "python": platform.python_version(),
         },
         "check": check,
+        "timing": timing,
     }
 
 
@@ -190,6 +205,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "--export-method scripting exports to --format torchscript only; "
             "ONNX comes from --export-method tracing"
         )
+    if args.time < 0:
+        parser.error(f"--time={args.time}: must be >= 0 (rounds; 0: no timing)")
     if not args.tolerance > 0:
         parser.error(f"--tolerance={args.tolerance}: must be > 0")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -241,8 +258,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"largest difference to eager: {relative:.3g} of the output scale ({where}); "
             f"tolerance {args.tolerance:g}; eager detections unpaired (ties): {unpaired}"
         )
+    timing = None
+    if args.time:
+        timing = time_export(model, exported, inputs, args.time)
+        print(
+            f"seconds per image: eager {timing['eager_seconds_per_image']:.4g}, exported "
+            f"{timing['exported_seconds_per_image']:.4g} with {exported.runtime} "
+            f"({timing['exported_over_eager']:.3g}x eager; {timing['machine']}, {timing['threads']} threads)"
+        )
     path = exported.save(args.output)
     info_path = os.path.join(args.output, INFO_JSON)
-    write_json(_info(args, cfg, exported, d2.how, check), info_path)
+    write_json(_info(args, cfg, exported, d2.how, check, timing), info_path)
     print(f"wrote {path} and {info_path}")
     return 0

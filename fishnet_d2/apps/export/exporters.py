@@ -263,8 +263,9 @@ class OnnxRunner:
 
 
 def onnx_runner(data: bytes) -> OnnxRunner:
-    """The ONNX model ``data`` in onnxruntime (CPU) where it is installed, as deployments run it;
-    else in onnx's reference evaluator (pure NumPy: exact, but slow for full-size models)."""
+    """The ONNX model ``data`` in onnxruntime (CPU; as many threads as torch uses in this process)
+    where it is installed, as deployments run it; else in onnx's reference evaluator (pure NumPy:
+    exact, but slow for full-size models)."""
     try:
         import onnxruntime
     except ImportError:
@@ -280,7 +281,9 @@ def onnx_runner(data: bytes) -> OnnxRunner:
         return OnnxRunner(
             evaluate, f"onnx {onnx.__version__} reference evaluator (onnxruntime is not installed)"
         )
-    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as many as torch here: comparable times
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     return OnnxRunner(
         lambda image: session.run(None, {"image": image}), f"onnxruntime {onnxruntime.__version__} (CPU)"
     )
