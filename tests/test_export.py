@@ -1,11 +1,13 @@
 """Export: the FishNet backbone and its FPN trace (and script) to TorchScript with the outputs of
 eager mode; the whole FishNet Mask R-CNN traces through Detectron2's TracingAdapter with the
 detections of eager mode on the demo images; the backbones export to ONNX models that
-onnx.checker accepts."""
+onnx.checker accepts and onnxruntime runs with eager mode's outputs."""
 
 import io
 from itertools import islice
 
+import onnx
+import onnxruntime
 import pytest
 import torch
 from detectron2.data.detection_utils import convert_PIL_to_numpy
@@ -142,7 +144,6 @@ def test_mask_rcnn_traced_with_tracing_adapter_equals_eager():
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("which", ["FishNet", "FishNet-FPN"])
 def test_backbone_exports_to_onnx(which):
-    onnx = pytest.importorskip("onnx")
     model = randomize_batchnorm(fishnet("BN") if which == "FishNet" else fpn_backbone())
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
@@ -159,3 +160,7 @@ def test_backbone_exports_to_onnx(which):
     }
     assert shapes == {name: tuple(value.shape) for name, value in eager.items()}
     assert [i.name for i in inferred.graph.input] == ["image"]
+    # As deployments run it: onnxruntime gives eager mode's features.
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x.numpy()})))
+    assert_same_outputs({name: torch.as_tensor(outputs[name]) for name in eager}, eager)
