@@ -19,8 +19,11 @@ uninterrupted loader would have given; ``NUM_WORKERS`` changes the speed, not th
 
 import contextlib
 import logging
+import os
 import random
 import signal
+import threading
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -91,11 +94,22 @@ def _identity(batch: List[Dict]) -> List[Dict]:
     return batch
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """In a data-loader worker: SIGTERM (which torchrun and schedulers send to the whole process
-    group) is for the training process, which finishes its iteration and checkpoints; a worker
-    stopped by it would fail that iteration. Workers end when the training process does."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# How long a data-loader worker lives on after a SIGTERM: torchrun's and SLURM's default grace.
+WORKER_SIGTERM_GRACE_S = 30
+
+
+def _on_sigterm_in_worker(signum: int, frame: Any) -> None:
+    """In a data-loader worker: SIGTERM (which torchrun and schedulers send to every process) is
+    for the training process, which finishes its iteration and checkpoints; a worker that died at
+    once would fail that iteration. The worker ends with the training process, or after the grace
+    period (a SIGTERM from its own training process, as multiprocessing sends at exit)."""
+    timer = threading.Timer(WORKER_SIGTERM_GRACE_S, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
+
+
+def _worker_init(worker_id: int) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm_in_worker)
 
 
 class ResumableTrainLoader:
@@ -140,6 +154,7 @@ class ResumableTrainLoader:
         self.num_workers = num_workers
         self.repeat_factors = repeat_factors
         self.batches = 0  # the number of batches taken from this loader (by every iteration of it)
+        self._iterators: "weakref.WeakSet[Iterator[List[Dict]]]" = weakref.WeakSet()
 
     @property
     def seed(self) -> int:
@@ -200,6 +215,17 @@ class ResumableTrainLoader:
         return batches
 
     def __iter__(self) -> Iterator[List[Dict]]:
+        iterator = self._iterate()
+        self._iterators.add(iterator)
+        return iterator
+
+    def close(self) -> None:
+        """End the iterations of this loader and their data-loader workers (the trainer does when
+        training ends, so that no worker outlives it)."""
+        for iterator in list(self._iterators):
+            iterator.close()
+
+    def _iterate(self) -> Iterator[List[Dict]]:
         # A generator: it starts when the first batch is asked for, after a load_state_dict.
         batches = self._batches(self.batches)
         if self.num_workers == 0:
@@ -216,13 +242,16 @@ class ResumableTrainLoader:
                     batch_size=None,
                     num_workers=self.num_workers,
                     collate_fn=_identity,
-                    worker_init_fn=_ignore_sigterm,
+                    worker_init_fn=_worker_init,
                     generator=generator,
                 )
             )
-        for batch in mapped:
-            self.batches += 1
-            yield batch
+        try:
+            for batch in mapped:
+                self.batches += 1
+                yield batch
+        finally:
+            del mapped  # a DataLoader's iterator stops its workers when deleted
 
 
 def build_resumable_train_loader(cfg: CfgNode, mapper: Optional[Callable[[Dict], Optional[Dict]]] = None) -> ResumableTrainLoader:

@@ -134,7 +134,13 @@ def _torchrun_worker(main_func: Callable[..., Any], args: Tuple, timeout: timede
     try:
         dist.init_process_group(backend="NCCL" if has_gpu else "GLOO", init_method="env://", timeout=timeout)
     except Exception:
-        logging.getLogger(__name__).error(f"Process group at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
+        logger = logging.getLogger(__name__)
+        logger.error(f"Process group at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
+        if restarted_by_torchrun() and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
+            logger.error(
+                "A restarted worker: torchrun's store, shared across restarts, may hold the addresses of the "
+                "workers that died; run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/cluster.md)"
+            )
         raise
     create_local_process_group(local_world_size)
     if has_gpu:

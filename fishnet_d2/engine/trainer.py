@@ -71,6 +71,15 @@ class Trainer(DefaultTrainer):
         hooks.append(CheckpointOnSigterm())
         return hooks
 
+    def train(self) -> Optional[Dict]:
+        """``DefaultTrainer.train``; then the training data's loader workers end, however
+        training ended (finished, SIGTERM, an error)."""
+        try:
+            return super().train()
+        finally:
+            if isinstance(self.data_loader, ResumableTrainLoader):
+                self.data_loader.close()
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
         return build_resumable_train_loader(cfg)
