@@ -3,6 +3,7 @@ Detectron2's own do: timestamped, with their level, on the console (rank 0) and 
 OUTPUT_DIR/log.txt. The message read here: the warning that a FishNet with FrozenBN trains from
 scratch, which fishnet_d2's Trainer logs."""
 
+import os
 import re
 import subprocess
 import sys
@@ -11,16 +12,16 @@ import pytest
 
 from .support import REPO, TINY_SHAPES_PREFIX, tiny_mask_rcnn_cfg
 
-# tools/train_net.py's main, in a new process that first registers the tests' tiny shapes dataset.
+# tools/train_net.py's main, in a new process (the repository on its PYTHONPATH) that first
+# registers the tests' tiny shapes dataset.
 TRAIN_NET = """
 import sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
 from tests.support import register_tiny_shapes
-register_tiny_shapes(Path(sys.argv[2]))
+register_tiny_shapes(Path(sys.argv[1]))
 from detectron2.engine import default_argument_parser
 from fishnet_d2.engine import launch_from_args, main
-launch_from_args(main, default_argument_parser().parse_args(sys.argv[3:]))
+launch_from_args(main, default_argument_parser().parse_args(sys.argv[2:]))
 """
 WARNING = "Training a FishNet from scratch with MODEL.FISHNET.NORM FrozenBN and no MODEL.WEIGHTS"
 
@@ -38,9 +39,9 @@ def test_a_fishnet_d2_warning_is_in_log_txt_and_on_the_console_with_time_and_lev
     (tmp_path / "config.yaml").write_text(cfg.dump())
     output = tmp_path / "output"
     process = subprocess.run(
-        [sys.executable, "-c", TRAIN_NET, str(REPO), str(root), "--config-file", str(tmp_path / "config.yaml"),
+        [sys.executable, "-c", TRAIN_NET, str(root), "--config-file", str(tmp_path / "config.yaml"),
          "OUTPUT_DIR", str(output), "MODEL.DEVICE", "cpu"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
     assert names["train"].startswith(TINY_SHAPES_PREFIX)
