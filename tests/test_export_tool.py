@@ -198,11 +198,13 @@ def test_the_trained_demo_model_in_onnxruntime_matches_eager(demo_checkpoint, tm
     """Trained weights (the demo's Mask R-CNN, and its Faster R-CNN: the same without the mask
     head): the ONNX file in onnxruntime on images of other sizes than the sample's; timed."""
     config, weights, _ = demo_checkpoint
-    overrides = ["MODEL.WEIGHTS", str(weights), "MODEL.MASK_ON", str(architecture == "mask_rcnn")]
+    # Score threshold 0: TEST.DETECTIONS_PER_IMAGE (20) detections from briefly trained weights.
+    overrides = ["MODEL.WEIGHTS", str(weights), "MODEL.MASK_ON", str(architecture == "mask_rcnn"), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
     status, out, err = run("--config-file", config, "--format", "onnx", "--output", tmp_path, "--time", "1", *overrides)
     assert status == 0, err
     info = json.loads((tmp_path / "export_info.json").read_text())
     assert info["check"]["passed"] and info["check"]["runtime"].startswith("onnxruntime")
+    assert [(d["eager"], d["paired"]) for d in info["check"]["detections"]] == [(20, 20), (20, 20)]
     assert [o for o in info["outputs"] if o != "image_size"] == sorted(FIELDS[architecture])
     timing = info["timing"]
     assert timing["eager_seconds_per_image"] > 0 and timing["exported_seconds_per_image"] > 0

@@ -68,7 +68,8 @@ class DatasetIds:
         if missing or ambiguous:
             problems = []
             if missing:
-                problems.append(f"not in it ({len(missing)}): {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+                more = " ..." if len(missing) > 5 else ""
+                problems.append(f"not in it ({len(missing)}): {', '.join(missing[:5])}{more}")
             if ambiguous:
                 problems.append(f"matching two of its images equally: {', '.join(ambiguous[:5])}")
             raise InputError(
@@ -84,9 +85,8 @@ def dataset_ids(name: str) -> DatasetIds:
         InputError: no dataset of that name is registered, or its records have no image ids.
     """
     if name not in DatasetCatalog.list():
-        raise InputError(
-            f"--dataset {name}: no dataset of that name is registered; registered: {', '.join(sorted(DatasetCatalog.list()))}"
-        )
+        registered = ", ".join(sorted(DatasetCatalog.list()))
+        raise InputError(f"--dataset {name}: no dataset of that name is registered; registered: {registered}")
     records = DatasetCatalog.get(name)
     lacking = [r.get("file_name", "?") for r in records if "image_id" not in r or "file_name" not in r]
     if lacking:
