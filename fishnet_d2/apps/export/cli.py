@@ -41,10 +41,10 @@ detections and eager mode's on two sample images (--sample-image and its left th
 two synthetic shapes images), compared as detections: paired by class and box, the differences of
 boxes, scores and masks over the pairs at most --tolerance of each output's scale (its largest
 absolute value); detections left unpaired only as ties in score (which of two equal scores NMS or
-the top-k keeps is the runtime's choice), at most {MAX_UNMATCHED_SHARE:.0%} of them. A TorchScript
-file is run again in a new Python process that imports only torch and torchvision. ONNX models run
-with onnxruntime (CPU) when it is installed, else with onnx's reference evaluator (slow for
-full-size models: pip install onnxruntime, or --skip-check); the tool says which.
+the top-k keeps is the runtime's choice), at most {MAX_UNMATCHED_SHARE:.0%} of them. A TorchScript file is
+run again in a new Python process that imports only torch and torchvision. ONNX models run with
+onnxruntime (CPU) when it is installed, else with onnx's reference evaluator (slow for full-size
+models: pip install onnxruntime, or --skip-check); the tool says which.
 exit status: 0 exported and checked, 1 export or check failed (nothing written), 2 bad command line."""
 
 
