@@ -12,7 +12,7 @@ from detectron2.layers import CNNBlockBase, FrozenBatchNorm2d, get_norm
 from torch import nn
 
 from .errors import InvalidValue
-from .memory import preactivated_conv, saves_memory
+from .memory import lean_conv, saves_memory
 
 __all__ = [
     "FusedFrozenBatchNorm2d",
@@ -173,14 +173,13 @@ class PreActProjection(nn.Module):
         conv_init_(self.conv)
         self.relu_inplace = relu_may_overwrite(self.norm)
         # Training keeps x instead of the activation where the norm is a FrozenBN (set by
-        # FishNet's memory_efficient: memory.preactivated_conv).
+        # FishNet's memory_efficient: memory.lean_conv).
         self.recompute_activation = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if self.recompute_activation and isinstance(self.norm, FusedFrozenBatchNorm2d) and saves_memory():
-                scale, shift = self.norm.scale_shift()
-                return preactivated_conv(x, scale, shift, self.conv, self.conv.weight, None)
+                return lean_conv(x, self.conv, activation=self.norm.scale_shift())
         return self.conv(F.relu(self.norm(x), inplace=self.relu_inplace))
 
 
@@ -241,8 +240,8 @@ class PreActBottleneck(FishNetBlockBase):
         for conv in (self.conv1, self.conv2, self.conv3):
             conv_init_(conv)
         self.relu1_inplace = relu_may_overwrite(self.norm1)
-        # Training keeps x instead of norm1's activation where norm1 is a FrozenBN (set by
-        # FishNet's memory_efficient: memory.preactivated_conv).
+        # Training keeps less where the norms are FrozenBN (set by FishNet's memory_efficient:
+        # forward_keeping_less).
         self.recompute_activation = False
         self.decide_folding()
 
@@ -252,13 +251,19 @@ class PreActBottleneck(FishNetBlockBase):
         self.fold_norm3 = folds_into_conv(self.norm3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            frozen = self.fold_norm2 and self.fold_norm3 and isinstance(self.norm1, FusedFrozenBatchNorm2d)
+            if self.recompute_activation and frozen and saves_memory():
+                return self.forward_keeping_less(x)
+        out = F.relu(self.norm1(x), inplace=self.relu1_inplace)
         # From here on `out` is a convolution's output (or its norm's), which their backward does
         # not keep: overwriting it in place is safe.
         if self.fold_norm2:
-            weight, bias = self.norm2.fold_into(self.conv1.weight, x.dtype)
-            out = self.preactivated_conv1(x, weight, bias)
+            c1 = self.conv1
+            weight, bias = self.norm2.fold_into(c1.weight, out.dtype)
+            out = F.conv2d(out, weight, bias, c1.stride, c1.padding, c1.dilation, c1.groups)
         else:
-            out = self.norm2(self.preactivated_conv1(x, self.conv1.weight, None))
+            out = self.norm2(self.conv1(out))
         out = F.relu_(out)
         if self.fold_norm3:
             c2 = self.conv2
@@ -270,15 +275,17 @@ class PreActBottleneck(FishNetBlockBase):
         out += self.shortcut(x)
         return out
 
-    def preactivated_conv1(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """``conv1(relu(norm1(x)))`` with ``weight`` and ``bias``: conv1's, or with norm2 folded in."""
-        c1 = self.conv1
-        if not torch.jit.is_scripting():
-            if self.recompute_activation and isinstance(self.norm1, FusedFrozenBatchNorm2d) and saves_memory():
-                scale, shift = self.norm1.scale_shift()
-                return preactivated_conv(x, scale, shift, c1, weight, bias)
-        out = F.relu(self.norm1(x), inplace=self.relu1_inplace)
-        return F.conv2d(out, weight, bias, c1.stride, c1.padding, c1.dilation, c1.groups)
+    @torch.jit.unused
+    def forward_keeping_less(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in training with FrozenBN norms, keeping less for the backward pass
+        (FishNet's memory_efficient; :func:`~fishnet_d2.modeling.memory.lean_conv`): conv1 keeps x
+        instead of norm1's activation, and conv1 and conv2 the weights before norm2 and norm3 are
+        folded in. The same values, op for op."""
+        out = lean_conv(x, self.conv1, activation=self.norm1.scale_shift(), folded=self.norm2.scale_shift())
+        out = lean_conv(F.relu_(out), self.conv2, folded=self.norm3.scale_shift())
+        out = self.conv3(F.relu_(out))
+        out += self.shortcut(x)
+        return out
 
 
 class GroupedPreActBottleneck(PreActBottleneck):

@@ -3,9 +3,11 @@ as the plain path, with less kept for the backward pass and no convolution run t
 
 - A pre-activation ``conv(relu(affine(x)))`` of a FrozenBN (an affine) keeps its input ``x``
   instead of ``relu(affine(x))`` and recomputes the affine and ReLU in the backward pass
-  (:func:`preactivated_conv`). Where ``x`` is kept anyway, the activation is kept once instead of
-  once per reader: a stage's input read by its first block, the block's projection shortcut and a
+  (:func:`lean_conv`). Where ``x`` is kept anyway, the activation is kept once instead of once
+  per reader: a stage's input read by its first block, the block's projection shortcut and a
   transfer block of a later part; a head feature the caller holds read by the next head stage.
+- In those blocks, a convolution with a FrozenBN folded into it keeps its weight, not the folded
+  copy, and folds again in the backward pass (one pass over the weight).
 - A max-pool whose windows tile its input keeps the position of each window's maximum as one
   byte (:class:`OffsetMaxPool2d`) instead of its input and 8-byte indices.
 
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["saves_memory", "preactivated_conv", "OffsetMaxPool2d", "train_memory_efficiently"]
+__all__ = ["saves_memory", "lean_conv", "OffsetMaxPool2d", "train_memory_efficiently"]
 
 
 def saves_memory() -> bool:
@@ -33,30 +35,33 @@ def _conv_args(stride, padding, dilation) -> Tuple[List[int], List[int], List[in
     return pair(stride), pair(padding), pair(dilation)
 
 
-class _PreActivatedConv(torch.autograd.Function):
-    """``conv2d(relu(x * scale + shift), weight, bias)``, keeping ``x`` (not the activation)."""
+class _LeanConv(torch.autograd.Function):
+    """``conv2d(a, weight * weight_scale, bias)`` with ``a = relu(x * scale + shift)`` (or ``x``
+    where ``scale`` is None, and ``weight`` itself where ``weight_scale`` is None), keeping ``x``
+    and ``weight`` for the backward pass, which recomputes ``a`` and the folded weight."""
 
     @staticmethod
-    def forward(ctx, x, scale, shift, weight, bias, stride, padding, dilation, groups):
-        # The plain path's FrozenBN (FusedFrozenBatchNorm2d in training) and ReLU, op for op.
-        activation = torch.addcmul(shift, x, scale).relu_()
-        out = F.conv2d(activation, weight, bias, stride, padding, dilation, groups)
-        ctx.save_for_backward(x, scale, shift, weight)
+    def forward(ctx, x, scale, shift, weight, weight_scale, bias, stride, padding, dilation, groups):
+        activation = x if scale is None else _activation(x, scale, shift)
+        folded = weight if weight_scale is None else weight * weight_scale
+        out = F.conv2d(activation, folded, bias, stride, padding, dilation, groups)
+        ctx.save_for_backward(x, scale, shift, weight, weight_scale)
         ctx.conv = (*_conv_args(stride, padding, dilation), groups)
         ctx.bias_shape = None if bias is None else list(bias.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, scale, shift, weight = ctx.saved_tensors
+        x, scale, shift, weight, weight_scale = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
-        activation = torch.addcmul(shift, x, scale).relu_()
-        need_x, _, _, need_weight, need_bias = ctx.needs_input_grad[:5]
+        activation = x if scale is None else _activation(x, scale, shift)
+        folded = weight if weight_scale is None else weight * weight_scale
+        need_x, _, _, need_weight, _, need_bias = ctx.needs_input_grad[:6]
         # Under autocast the convolution ran in grad_out's dtype (as its backward does).
         grad_act, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad_out,
             activation.to(grad_out.dtype),
-            weight.to(grad_out.dtype),
+            folded.to(grad_out.dtype),
             ctx.bias_shape,
             stride,
             padding,
@@ -67,37 +72,46 @@ class _PreActivatedConv(torch.autograd.Function):
             [need_x, need_weight, need_bias and ctx.bias_shape is not None],
         )
         grad_x = None
-        if need_x:  # ReLU's backward (threshold at 0 of its output), then the affine's
-            grad_x = torch.where(activation > 0, grad_act.to(x.dtype), 0.0) * scale
+        if need_x:
+            grad_x = grad_act.to(x.dtype)
+            if scale is not None:  # ReLU's backward (as autograd's: its output's threshold), the affine's
+                grad_x = torch.ops.aten.threshold_backward(grad_x, activation, 0) * scale
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_x, None, None, grad_weight, grad_bias, None, None, None, None
+            if weight_scale is not None:  # the product's backward
+                grad_weight = grad_weight * weight_scale
+        return grad_x, None, None, grad_weight, None, grad_bias, None, None, None, None
 
 
-def preactivated_conv(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    conv: nn.Conv2d,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+def _activation(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    # The plain path's FrozenBN in training (FusedFrozenBatchNorm2d: one multiply-add) and ReLU.
+    return torch.addcmul(shift, x, scale).relu_()
+
+
+Affine = Tuple[torch.Tensor, torch.Tensor]
+
+
+def lean_conv(
+    x: torch.Tensor, conv: nn.Conv2d, *, activation: Optional[Affine] = None, folded: Optional[Affine] = None
 ) -> torch.Tensor:
-    """``F.conv2d(relu(x * scale + shift), weight, bias)`` with ``conv``'s stride, padding,
-    dilation and groups: a FrozenBN's affine (``scale``, ``shift`` per channel, not trained), a
-    ReLU and a convolution, whose backward pass gets ``x`` and recomputes the activation from it
-    (one elementwise pass) instead of keeping it. ``weight`` and ``bias`` are ``conv``'s or those
-    of a norm folded into it, and get their gradients. The values are the plain path's, exactly."""
-    shape = (1, -1, 1, 1)
-    return _PreActivatedConv.apply(
-        x,
-        scale.reshape(shape).to(x.dtype),
-        shift.reshape(shape).to(x.dtype),
-        weight,
-        bias,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
+    """``conv(x)``, keeping only ``x`` and ``conv.weight`` for the backward pass.
+
+    ``activation``: the ``(scale, shift)`` of a FrozenBN before the convolution
+    (``FusedFrozenBatchNorm2d.scale_shift``), then a ReLU: ``conv(relu(norm(x)))``, its
+    activation recomputed from ``x`` in the backward pass (one elementwise pass) instead of kept.
+    ``folded``: that of a FrozenBN after it, folded into it (``norm(conv(.))`` computed as
+    ``conv(., weight * scale, bias=shift)``, as the plain path does), the folded weight
+    recomputed in the backward pass instead of kept. Values and gradients are the plain path's,
+    op for op. ``conv`` has no bias of its own (FishNet's pre-activated convolutions)."""
+    per_channel = (1, -1, 1, 1)
+    scale = shift = weight_scale = bias = None
+    if activation is not None:
+        scale, shift = (t.reshape(per_channel).to(x.dtype) for t in activation)
+    if folded is not None:
+        weight_scale = folded[0].reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+        bias = folded[1].to(x.dtype)
+    return _LeanConv.apply(
+        x, scale, shift, conv.weight, weight_scale, bias, conv.stride, conv.padding, conv.dilation, conv.groups
     )
 
 
@@ -108,10 +122,14 @@ class _OffsetMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, k):
         out, indices = F.max_pool2d(x, k, k, return_indices=True)
-        width = x.shape[-1]
-        # indices: the maximum's position in its (H * W) plane; each window starts at a multiple
-        # of k in both directions, so its row and column in the window are the remainders.
-        offsets = (indices // width % k * k + indices % k).to(torch.uint8)
+        out_h, out_w = out.shape[-2:]
+        # indices: the maximum's position in its (H * W) plane; window (i, j) starts at row k * i,
+        # column k * j.
+        row = indices // x.shape[-1]
+        col = indices - row * x.shape[-1]
+        start_row = torch.arange(0, k * out_h, k, device=x.device).view(out_h, 1)
+        start_col = torch.arange(0, k * out_w, k, device=x.device)
+        offsets = ((row - start_row) * k + (col - start_col)).to(torch.uint8)
         ctx.save_for_backward(offsets)
         ctx.k = k
         ctx.input_shape = x.shape
@@ -159,14 +177,19 @@ class OffsetMaxPool2d(nn.MaxPool2d):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
-def train_memory_efficiently(module: nn.Module) -> None:
-    """Make ``module``'s pre-activations (the blocks with a ``recompute_activation`` switch) and
-    max-pools memory-efficient in training: each ``nn.MaxPool2d`` becomes an
-    :class:`OffsetMaxPool2d` with its arguments (pools hold no state: the state_dict is unchanged)."""
-    for m in module.modules():
+def train_memory_efficiently(fishnet: nn.Module) -> None:
+    """Make a FishNet's training memory-efficient, in place: its pre-activated blocks and
+    projections take the lean path in training (where their norms are FrozenBN), and each
+    ``nn.MaxPool2d`` becomes an :class:`OffsetMaxPool2d` with its arguments (pools hold no
+    state: the state_dict is unchanged).
+
+    Every block, not only those whose input is kept anyway: keeping ``x`` instead of the
+    activation also lowers what a block holds while it runs (its input and activation at once,
+    in the plain path, until the shortcut is added), where the training peak may fall."""
+    for m in fishnet.modules():
         if hasattr(m, "recompute_activation"):
             m.recompute_activation = True
-    for parent in list(module.modules()):
+    for parent in list(fishnet.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.MaxPool2d:
                 pool = OffsetMaxPool2d(
