@@ -13,6 +13,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fishnet_d2 import FishNet
+from fishnet_d2.apps.benchmark.models import MODEL_SPECS
+from fishnet_d2.apps.benchmark.report import RATIOS
 from fishnet_d2.modeling.memory import OffsetMaxPool2d
 
 from .support import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
@@ -202,3 +204,14 @@ def test_from_config_and_bad_value_names_the_key():
     cfg.MODEL.FISHNET.MEMORY_EFFICIENT = "yes"
     with pytest.raises(ValueError, match=r"MODEL\.FISHNET\.MEMORY_EFFICIENT='yes'.*allowed True or False"):
         build_backbone(cfg, ShapeSpec(channels=3))
+
+
+def test_benchmark_measures_each_checkpointing_row_with_and_without_it():
+    lean = ("MODEL.FISHNET.MEMORY_EFFICIENT", True)
+    assert MODEL_SPECS["fishnet150-lean"].opts == lean
+    checkpointed = [key for key in MODEL_SPECS if key.startswith("fishnet150-ckpt")]
+    assert checkpointed
+    for key in checkpointed:
+        twin = MODEL_SPECS[key.replace("fishnet150-", "fishnet150-lean-")]
+        assert twin.opts == MODEL_SPECS[key].opts + lean and twin.training_only
+        assert (twin.name, MODEL_SPECS[key].name, "memory:backbone_train") in RATIOS

@@ -1,7 +1,7 @@
 """The models the benchmark compares, built from the configs their users train with, and the
 inputs it feeds them."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -100,6 +100,21 @@ for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail"), LIGHT_CH
         depth=150,
         training_only=True,
     )
+# MODEL.FISHNET.MEMORY_EFFICIENT ("lean"): alone, and with each checkpointing row's choice.
+MODEL_SPECS["fishnet150-lean"] = ModelSpec(
+    "FishNet-150 lean",
+    _fishnet(150).config,
+    opts=("MODEL.FISHNET.MEMORY_EFFICIENT", True),
+    depth=150,
+    training_only=True,
+)
+for _key, _spec in list(MODEL_SPECS.items()):
+    if _key.startswith("fishnet150-ckpt"):
+        MODEL_SPECS[_key.replace("fishnet150-", "fishnet150-lean-")] = replace(
+            _spec,
+            name=_spec.name.replace("FishNet-150", "FishNet-150 lean"),
+            opts=_spec.opts + ("MODEL.FISHNET.MEMORY_EFFICIENT", True),
+        )
 
 
 def parse_models(names: List[str]) -> List[ModelSpec]:

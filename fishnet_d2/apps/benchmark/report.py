@@ -13,8 +13,9 @@ __all__ = ["RATIOS", "summarize", "ratios", "markdown", "DOC_BEGIN", "DOC_END", 
 
 # (numerator, denominator, measure): the ratios a run reports for the models it measured.
 # FishNet against Detectron2's ResNets, the plain row (every fast path off) against FishNet,
-# FishNet compiled against eager, and activation checkpointing against none ("ckpt": every
-# stage; LIGHT_CHECKPOINT and the other named choices).
+# FishNet compiled against eager, activation checkpointing against none ("ckpt": every
+# stage; LIGHT_CHECKPOINT and the other named choices), and MODEL.FISHNET.MEMORY_EFFICIENT
+# ("lean") against the same model without it.
 LIGHT = "+".join(LIGHT_CHECKPOINT)  # its row's name
 RATIOS = (
     ("FishNet-150", "R-101", "backbone_train"),
@@ -32,6 +33,17 @@ RATIOS = (
         for row in (
             (f"FishNet-150 ckpt {choice}", "FishNet-150", "backbone_train"),
             (f"FishNet-150 ckpt {choice}", "FishNet-150", "memory:backbone_train"),
+        )
+    ),
+    ("FishNet-150 lean", "FishNet-150", "backbone_train"),
+    ("FishNet-150 lean", "FishNet-150", "memory:backbone_train"),
+    ("FishNet-150 lean", "R-101", "memory:backbone_train"),
+    *(
+        row
+        for choice in ("", " " + LIGHT, " stride4+tail", " stride4", " tail", " body", " head")
+        for row in (
+            (f"FishNet-150 lean ckpt{choice}", f"FishNet-150 ckpt{choice}", "backbone_train"),
+            (f"FishNet-150 lean ckpt{choice}", f"FishNet-150 ckpt{choice}", "memory:backbone_train"),
         )
     ),
 )
