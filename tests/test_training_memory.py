@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fishnet_d2 import FishNet
 from fishnet_d2.apps.benchmark.models import MODEL_SPECS
 from fishnet_d2.apps.benchmark.report import RATIOS
-from fishnet_d2.modeling.memory import OffsetMaxPool2d
+from fishnet_d2.modeling.memory import CompactMaxPool2d
 
 from .support import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
 
@@ -128,9 +128,9 @@ def test_keeps_less_for_backward_without_recomputing_convolutions(norm):
     x = images().float()
     default_bytes, default_kinds = kept_for_backward(default.float(), x)
     efficient_bytes, efficient_kinds = kept_for_backward(efficient.float(), x)
-    # Max-pools keep 1-byte window offsets instead of their input and int64 indices (the stem's
+    # Max-pools keep int32 positions instead of their input and int64 indices (the stem's
     # overlapping 3x3 pool keeps its indices); FrozenBN pre-activations keep shared inputs once.
-    assert "torch.uint8" in efficient_kinds and "torch.uint8" not in default_kinds
+    assert "torch.int32" in efficient_kinds and "torch.int32" not in default_kinds
     assert efficient_bytes < (0.85 if norm == "FrozenBN" else 0.95) * default_bytes
     counts = []
     for model in (default, efficient):
@@ -175,22 +175,22 @@ def test_compiled_memory_efficient_model_equals_default_path():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape, kernel", [((2, 3, 8, 12), 2), ((1, 2, 9, 6), 3), ((1, 2, 7, 8), 2)])
-def test_offset_max_pool_equals_max_pool_with_ties(shape, kernel, channels_last):
+def test_compact_max_pool_equals_max_pool_with_ties(shape, kernel, channels_last):
     """Small integers make ties in most windows: the gradient goes where nn.MaxPool2d sends it
     (the first maximum). A size the windows do not tile (7) runs the plain max-pool."""
     x = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(0)).double()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     results = []
-    for pool in (nn.MaxPool2d(kernel, kernel), OffsetMaxPool2d(kernel, kernel)):
+    for pool in (nn.MaxPool2d(kernel, kernel), CompactMaxPool2d(kernel, kernel)):
         xi = x.clone().requires_grad_()
         out = pool(xi)
         (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         results.append((out, xi.grad))
-    (out, grad), (offset_out, offset_grad) = results
-    torch.testing.assert_close(offset_out, out, rtol=0, atol=0)
-    torch.testing.assert_close(offset_grad, grad, rtol=0, atol=0)
-    assert offset_grad.is_contiguous(memory_format=torch.channels_last) == grad.is_contiguous(
+    (out, grad), (compact_out, compact_grad) = results
+    torch.testing.assert_close(compact_out, out, rtol=0, atol=0)
+    torch.testing.assert_close(compact_grad, grad, rtol=0, atol=0)
+    assert compact_grad.is_contiguous(memory_format=torch.channels_last) == grad.is_contiguous(
         memory_format=torch.channels_last
     )
 
@@ -200,7 +200,7 @@ def test_from_config_and_bad_value_names_the_key():
     assert cfg.MODEL.FISHNET.MEMORY_EFFICIENT is False
     cfg.merge_from_list(["MODEL.FISHNET.MEMORY_EFFICIENT", True])
     model = build_backbone(cfg, ShapeSpec(channels=3))
-    assert model.memory_efficient and any(isinstance(m, OffsetMaxPool2d) for m in model.modules())
+    assert model.memory_efficient and any(isinstance(m, CompactMaxPool2d) for m in model.modules())
     cfg.MODEL.FISHNET.MEMORY_EFFICIENT = "yes"
     with pytest.raises(ValueError, match=r"MODEL\.FISHNET\.MEMORY_EFFICIENT='yes'.*allowed True or False"):
         build_backbone(cfg, ShapeSpec(channels=3))

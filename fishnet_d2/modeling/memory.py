@@ -8,8 +8,8 @@ as the plain path, with less kept for the backward pass and no convolution run t
   transfer block of a later part; a head feature the caller holds read by the next head stage.
 - In those blocks, a convolution with a FrozenBN folded into it keeps its weight, not the folded
   copy, and folds again in the backward pass (one pass over the weight).
-- A max-pool whose windows tile its input keeps the position of each window's maximum as one
-  byte (:class:`OffsetMaxPool2d`) instead of its input and 8-byte indices.
+- A max-pool whose windows tile its input keeps the position of each window's maximum as int32
+  (:class:`CompactMaxPool2d`) instead of its input and int64 indices.
 
 Neither runs when it cannot matter or would get in the way: without gradients, while tracing,
 scripting (TorchScript compiles the plain path) or compiling (:func:`saves_memory`).
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["saves_memory", "lean_conv", "OffsetMaxPool2d", "train_memory_efficiently"]
+__all__ = ["saves_memory", "lean_conv", "CompactMaxPool2d", "train_memory_efficiently"]
 
 
 def saves_memory() -> bool:
@@ -115,48 +115,31 @@ def lean_conv(
     )
 
 
-class _OffsetMaxPool(torch.autograd.Function):
+class _CompactMaxPool(torch.autograd.Function):
     """Max-pool of windows that tile the input (kernel == stride, no padding, sizes divisible),
-    keeping for the backward pass the maximum's offset in its window (``dy * k + dx``, uint8)."""
+    keeping for the backward pass only the maxima's positions, as int32."""
 
     @staticmethod
     def forward(ctx, x, k):
         out, indices = F.max_pool2d(x, k, k, return_indices=True)
-        out_h, out_w = out.shape[-2:]
-        # indices: the maximum's position in its (H * W) plane; window (i, j) starts at row k * i,
-        # column k * j.
-        row = indices // x.shape[-1]
-        col = indices - row * x.shape[-1]
-        start_row = torch.arange(0, k * out_h, k, device=x.device).view(out_h, 1)
-        start_col = torch.arange(0, k * out_w, k, device=x.device)
-        offsets = ((row - start_row) * k + (col - start_col)).to(torch.uint8)
-        ctx.save_for_backward(offsets)
+        ctx.save_for_backward(indices.to(torch.int32))
         ctx.k = k
-        ctx.input_shape = x.shape
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.size = x.shape[-2:]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (offsets,) = ctx.saved_tensors
-        k = ctx.k
-        n, c, h, w = ctx.input_shape
-        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        # Every input position is in exactly one window: each gets its window's gradient where it
+        (indices,) = ctx.saved_tensors
+        # Every input position is in exactly one window: it gets its window's gradient where it
         # was the maximum, 0 elsewhere, as max-pool's backward gives.
-        grad_in = torch.empty((n, c, h, w), dtype=grad_out.dtype, device=grad_out.device, memory_format=fmt)
-        windows = grad_in.view(n, c, h // k, k, w // k, k)
-        zero = grad_out.new_zeros(())
-        for dy in range(k):
-            for dx in range(k):
-                windows[:, :, :, dy, :, dx] = torch.where(offsets == dy * k + dx, grad_out, zero)
-        return grad_in, None
+        return F.max_unpool2d(grad_out, indices.long(), ctx.k, ctx.k, output_size=ctx.size), None
 
 
-class OffsetMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` (same arguments, same results and gradients) that, in training, keeps one
-    byte per output for the backward pass instead of the input and 8-byte indices, where its
-    windows tile the input (kernel == stride, no padding or dilation; else the plain max-pool)."""
+class CompactMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (same arguments, same results and gradients) that, in training, keeps 4
+    bytes per output for the backward pass (the maxima's positions as int32) instead of the input
+    and int64 indices, where its windows tile the input (kernel == stride, no padding or
+    dilation; else the plain max-pool)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -172,15 +155,16 @@ class OffsetMaxPool2d(nn.MaxPool2d):
                 and x.dim() == 4
                 and x.shape[-2] % k == 0
                 and x.shape[-1] % k == 0
+                and x.shape[-2] * x.shape[-1] < 2**31
             ):
-                return _OffsetMaxPool.apply(x, k)
+                return _CompactMaxPool.apply(x, k)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
 def train_memory_efficiently(fishnet: nn.Module) -> None:
     """Make a FishNet's training memory-efficient, in place: its pre-activated blocks and
     projections take the lean path in training (where their norms are FrozenBN), and each
-    ``nn.MaxPool2d`` becomes an :class:`OffsetMaxPool2d` with its arguments (pools hold no
+    ``nn.MaxPool2d`` becomes an :class:`CompactMaxPool2d` with its arguments (pools hold no
     state: the state_dict is unchanged).
 
     Every block, not only those whose input is kept anyway: keeping ``x`` instead of the
@@ -192,7 +176,7 @@ def train_memory_efficiently(fishnet: nn.Module) -> None:
     for parent in list(fishnet.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.MaxPool2d:
-                pool = OffsetMaxPool2d(
+                pool = CompactMaxPool2d(
                     child.kernel_size,
                     child.stride,
                     child.padding,
