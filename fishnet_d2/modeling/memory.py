@@ -162,17 +162,25 @@ class CompactMaxPool2d(nn.MaxPool2d):
 
 
 def train_memory_efficiently(fishnet: nn.Module) -> None:
-    """Make a FishNet's training memory-efficient, in place: its pre-activated blocks and
-    projections take the lean path in training (where their norms are FrozenBN), and each
-    ``nn.MaxPool2d`` becomes an :class:`CompactMaxPool2d` with its arguments (pools hold no
-    state: the state_dict is unchanged).
+    """Make a FishNet's training memory-efficient, in place.
 
-    Every block, not only those whose input is kept anyway: keeping ``x`` instead of the
-    activation also lowers what a block holds while it runs (its input and activation at once,
-    in the plain path, until the shortcut is added), where the training peak may fall."""
-    for m in fishnet.modules():
-        if hasattr(m, "recompute_activation"):
-            m.recompute_activation = True
+    Pre-activations keep their input where it is kept anyway: the first block of each run of
+    residual blocks (and its projection shortcut) reads a map that another stage reads too, or
+    that the caller holds (a head feature). The first head stage's refinement is left out: its
+    input, the last body stage's output, has no other reader. Elsewhere a block's input and
+    activation are the same size, and recomputing the activation (a pass over memory, at the
+    full width) would cost time for little: it only lowers what a block holds while it runs.
+
+    Each ``nn.MaxPool2d`` becomes a :class:`CompactMaxPool2d` with its arguments (pools hold no
+    state: the state_dict is unchanged)."""
+    alone = fishnet.head[0].refine if len(fishnet.head) else None
+    for stage in fishnet.stages():
+        for part in ("blocks", "refine", "transfer"):
+            blocks = getattr(stage, part, None)
+            if isinstance(blocks, nn.Sequential) and len(blocks) and blocks is not alone:
+                for m in blocks[0].modules():
+                    if hasattr(m, "recompute_activation"):
+                        m.recompute_activation = True
     for parent in list(fishnet.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.MaxPool2d:
