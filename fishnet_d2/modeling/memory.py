@@ -125,6 +125,9 @@ class _CompactMaxPool(torch.autograd.Function):
         ctx.save_for_backward(indices.to(torch.int32))
         ctx.k = k
         ctx.size = x.shape[-2:]
+        # The plain max-pool's backward gives the input's memory format, whatever grad_out's.
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return out
 
     @staticmethod
@@ -132,7 +135,9 @@ class _CompactMaxPool(torch.autograd.Function):
         (indices,) = ctx.saved_tensors
         # Every input position is in exactly one window: it gets its window's gradient where it
         # was the maximum, 0 elsewhere, as max-pool's backward gives.
-        return F.max_unpool2d(grad_out, indices.long(), ctx.k, ctx.k, output_size=ctx.size), None
+        grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
+        grad_in = F.max_unpool2d(grad_out, indices.long(), ctx.k, ctx.k, output_size=ctx.size)
+        return grad_in.contiguous(memory_format=ctx.memory_format), None
 
 
 class CompactMaxPool2d(nn.MaxPool2d):
