@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -66,6 +67,21 @@ TRAIN_NET = textwrap.dedent(
         launch_from_args(main, default_argument_parser().parse_args())
     """
 )
+
+
+def wait_until_listening(endpoint: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Return once something accepts connections at ``endpoint`` ("HOST:PORT"); fail if
+    ``process`` ends first or nothing listens within ``timeout`` seconds."""
+    host, port = endpoint.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the first node ended before its rendezvous store listened:\n{process.communicate()[0][-3000:]}"
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listened at {endpoint} within {timeout} s")
 
 
 def free_port() -> int:
@@ -156,6 +172,11 @@ def test_two_nodes_through_c10d_rendezvous(setup, unbroken, tmp_path):
     for node in range(2):
         argv = [*torchrun(*options), str(script), "--config-file", str(config), "OUTPUT_DIR", str(tmp_path / f"node{node}")]
         nodes.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO))
+        if node == 0:
+            # Both agents run on 127.0.0.1, so both would try to host the rendezvous store at the
+            # endpoint; on a cluster only the endpoint's machine does. The second starts once the
+            # first one's store listens, as a second machine would find it.
+            wait_until_listening(endpoint, nodes[0])
     try:
         printed = [node.communicate(timeout=TIMEOUT)[0] for node in nodes]
     finally:

@@ -148,6 +148,9 @@ def _torchrun_worker(main_func: Callable[..., Any], args: Tuple, timeout: timede
     comm.synchronize()
     try:
         main_func(*args)
+        # Every worker is done with the group before any leaves it: a worker that exits early
+        # ends its agent, which may be the one hosting torchrun's store.
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
 
