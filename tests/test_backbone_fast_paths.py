@@ -28,41 +28,18 @@ from fishnet_d2.modeling.blocks import (
 from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
 from .support import (
+    SAME_MATH_FLOAT64,
     ALL_FEATURES,
     GOLDEN_STAGES,
     GOLDEN_TOLERANCE,
     TINY_ARCH,
     fishnet_cfg,
+    assert_close_to_scale,
+    randomize_norms,
     relative_error,
+    train_step,
     use_tiny_arch,
 )
-
-
-def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Statistics and affine parameters away from the identity, so that norms matter."""
-    g = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d, nn.GroupNorm)):
-            c = module.weight.shape[0]
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=g))
-                if hasattr(module, "running_mean"):
-                    module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                    module.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-    return model
-
-
-def train_step(model: nn.Module, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Outputs, and the gradients of the input ("input") and of each trainable parameter (by
-    name), of one forward + backward (a loss that weighs every output element differently)."""
-    model.zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_()
-    outputs = model(x)
-    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outputs.values())
-    loss.backward()
-    grads = {"input": x.grad, **{name: p.grad for name, p in model.named_parameters() if p.requires_grad}}
-    return {k: v.detach() for k, v in outputs.items()}, grads
 
 
 def assert_same(a, b, **tolerance) -> None:
@@ -72,26 +49,6 @@ def assert_same(a, b, **tolerance) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, **tolerance)
-
-
-# Tolerances. A fast path claims to compute the same math as the plain model; the claim is
-# checked in float64, where rounding (2**-53 = 1.1e-16 per operation, over reductions of at most
-# 10**4 terms and a few hundred layers) stays far below 1e-10 of the largest magnitude on any
-# CPU, whatever convolution algorithm it picks: measured 2.5e-14 for training-mode BatchNorm's
-# gradients, the worst case. A real bug (a layout-dependent view, a wrong dilation) is off by
-# O(1) (see test_channels_last_comparison_catches_a_layout_bug). In float32 the same gradients
-# differ by 6.6e-6 (Intel Xeon) to 1.4e-3 (AMD EPYC) of the largest: not a usable bound.
-SAME_MATH_FLOAT64 = 1e-10
-
-
-def assert_close_to_scale(a, b, rel: float = SAME_MATH_FLOAT64) -> None:
-    """Equal up to ``rel`` of the largest magnitude of each tensor."""
-    if isinstance(a, dict):
-        assert list(a) == list(b)
-        a, b = list(a.values()), list(b.values())
-    for x, y in zip(a, b):
-        assert x.shape == y.shape
-        assert (x - y).abs().max() <= rel * y.abs().max(), ((x - y).abs().max(), y.abs().max())
 
 
 def flat(grads: Dict[str, torch.Tensor], names=None) -> torch.Tensor:

@@ -17,51 +17,27 @@ from fishnet_d2.apps.benchmark.models import MODEL_SPECS
 from fishnet_d2.apps.benchmark.report import RATIOS
 from fishnet_d2.modeling.memory import CompactMaxPool2d
 
-from .support import ALL_FEATURES, TINY_ARCH, fishnet_cfg, use_tiny_arch
-
-# Relative to the largest magnitude, in float64 (the fast-path tests' bound: rounding over a few
-# hundred layers stays far below it; a wrong gradient is off by O(1)).
-SAME_MATH_FLOAT64 = 1e-10
+from .support import (
+    ALL_FEATURES,
+    TINY_ARCH,
+    assert_close_to_scale,
+    fishnet_cfg,
+    randomize_norms,
+    train_step,
+    use_tiny_arch,
+)
 
 
 def twins(norm: str, **options) -> Tuple[FishNet, FishNet]:
     """The default FishNet and the memory-efficient one, same weights and statistics, float64."""
     torch.manual_seed(0)
     default = FishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES, freeze_stem_conv1=True, **options)
-    g = torch.Generator().manual_seed(1)
-    for m in default.modules():  # norms away from the identity, so that they matter
-        if hasattr(m, "running_var") or isinstance(m, nn.GroupNorm):
-            c = m.weight.shape[0]
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g))
-                if hasattr(m, "running_var"):
-                    m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                    m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    randomize_norms(default)
     efficient = FishNet(
         TINY_ARCH, norm=norm, out_features=ALL_FEATURES, freeze_stem_conv1=True, memory_efficient=True, **options
     )
     efficient.load_state_dict(default.state_dict())
-    return default.double(), efficient.double()
-
-
-def train_step(model: nn.Module, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Outputs, and the gradients of the input and of every trainable parameter, of one forward +
-    backward (a loss that weighs every output element differently)."""
-    model.train().zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_()
-    outputs = model(x)
-    sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outputs.values()).backward()
-    grads = {"input": x.grad, **{n: p.grad for n, p in model.named_parameters() if p.requires_grad}}
-    return {k: v.detach() for k, v in outputs.items()}, grads
-
-
-def assert_close_to_scale(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
-    assert list(a) == list(b)
-    for name in a:
-        x, y = a[name], b[name]
-        assert x is not None and y is not None and x.shape == y.shape, name
-        assert (x - y).abs().max() <= SAME_MATH_FLOAT64 * y.abs().max(), name
+    return default.double().train(), efficient.double().train()
 
 
 def images(seed: int = 0) -> torch.Tensor:
@@ -153,7 +129,7 @@ def test_inference_scripting_and_tracing_run_the_plain_path():
             torch.testing.assert_close(result[name], expected[name], rtol=0, atol=0)
     # A scripted training step (the plain path: TorchScript compiles no autograd Function).
     scripted = torch.jit.script(efficient)
-    assert_close_to_scale(train_step(scripted, x)[0], train_step(default, x)[0])
+    assert_close_to_scale(train_step(scripted.train(), x)[0], train_step(default.train(), x)[0])
 
 
 @pytest.mark.slow
