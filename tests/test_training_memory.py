@@ -1,8 +1,10 @@
 """MODEL.FISHNET.MEMORY_EFFICIENT (FishNet's memory_efficient) computes what the default path
 computes, in float64 (outputs, every gradient, BatchNorm's statistics), with every norm and
-with activation checkpointing; keeps less for the backward pass without running a convolution
-twice; and leaves inference, TorchScript, tracing and torch.compile on the plain path."""
+with activation checkpointing; keeps less for the backward pass, running again only the 1x1
+conv3 of the blocks that recover their inputs; and leaves inference, TorchScript, tracing and
+torch.compile on the plain path."""
 
+from dataclasses import replace
 from typing import Dict, List, Tuple
 
 import pytest
@@ -15,7 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fishnet_d2 import FishNet
 from fishnet_d2.apps.benchmark.models import MODEL_SPECS
 from fishnet_d2.apps.benchmark.report import RATIOS
-from fishnet_d2.modeling.memory import CompactMaxPool2d
+from fishnet_d2.modeling.memory import CompactMaxPool2d, rectified_max_pool
+from fishnet_d2.modeling.stages import ResidualBlocks
 
 from .support import (
     ALL_FEATURES,
@@ -28,13 +31,21 @@ from .support import (
 )
 
 
-def twins(norm: str, **options) -> Tuple[FishNet, FishNet]:
+# Runs of several blocks, so that some recover their inputs: tail4 (3 blocks after the first),
+# the bridge and head5's transfer (2 after the first: not worth it), head2's refinement (its
+# output is a feature the caller holds).
+LONG_RUNS_ARCH = replace(
+    TINY_ARCH, tail_blocks=(1, 4, 2), bridge_blocks=3, head_blocks=(2, 1, 2), head_transfer_blocks=(1, 1, 3)
+)
+
+
+def twins(norm: str, arch=TINY_ARCH, out_features=ALL_FEATURES, **options) -> Tuple[FishNet, FishNet]:
     """The default FishNet and the memory-efficient one, same weights and statistics, float64."""
     torch.manual_seed(0)
-    default = FishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES, freeze_stem_conv1=True, **options)
+    default = FishNet(arch, norm=norm, out_features=out_features, freeze_stem_conv1=True, **options)
     randomize_norms(default)
     efficient = FishNet(
-        TINY_ARCH, norm=norm, out_features=ALL_FEATURES, freeze_stem_conv1=True, memory_efficient=True, **options
+        arch, norm=norm, out_features=out_features, freeze_stem_conv1=True, memory_efficient=True, **options
     )
     efficient.load_state_dict(default.state_dict())
     return default.double().train(), efficient.double().train()
@@ -44,10 +55,33 @@ def images(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def recovering(model: FishNet) -> Dict[str, int]:
+    """The runs of blocks that recover their inputs: {name: how many blocks}."""
+    return {
+        name: len(m) - m.recover_from
+        for name, m in model.named_modules()
+        if isinstance(m, ResidualBlocks) and m.recover_from < len(m)
+    }
+
+
+def test_which_blocks_recover_their_inputs():
+    """After a run's first block, identity-shortcut blocks, where at least 3 do, or where the
+    run's output is a feature the caller holds (head2, the first head stage's refinement)."""
+    _, efficient = twins("FrozenBN", LONG_RUNS_ARCH)
+    assert recovering(efficient) == {"tail.1.blocks": 3, "head.0.refine": 2}
+    _, without_head2 = twins("FrozenBN", LONG_RUNS_ARCH, out_features=["head3", "head4", "head5"])
+    assert recovering(without_head2) == {"tail.1.blocks": 3}
+
+
 @pytest.mark.parametrize(
     "norm, options",
     [
         ("FrozenBN", {}),
+        ("FrozenBN", {"arch": LONG_RUNS_ARCH}),
+        ("FrozenBN", {"arch": LONG_RUNS_ARCH, "channels_last": False}),
+        ("FrozenBN", {"arch": LONG_RUNS_ARCH, "out_features": ["head3", "head4", "head5"]}),
+        ("FrozenBN", {"arch": LONG_RUNS_ARCH, "activation_checkpointing": ["tail4", "head3"]}),
+        ("BN", {"arch": LONG_RUNS_ARCH}),
         ("FrozenBN", {"channels_last": False}),
         ("FrozenBN", {"activation_checkpointing": "stride4"}),
         ("FrozenBN", {"activation_checkpointing": True}),
@@ -98,22 +132,25 @@ def kept_for_backward(model: nn.Module, x: torch.Tensor) -> Tuple[int, List[str]
     return sum(n for n, _ in kept.values()), sorted({d for _, d in kept.values()})
 
 
-@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
-def test_keeps_less_for_backward_without_recomputing_convolutions(norm):
-    default, efficient = twins(norm)
+@pytest.mark.parametrize("norm, arch", [("FrozenBN", TINY_ARCH), ("FrozenBN", LONG_RUNS_ARCH), ("BN", TINY_ARCH)])
+def test_keeps_less_for_backward_running_only_conv3_of_recovering_blocks_again(norm, arch):
+    default, efficient = twins(norm, arch)
     x = images().float()
     default_bytes, default_kinds = kept_for_backward(default.float(), x)
     efficient_bytes, efficient_kinds = kept_for_backward(efficient.float(), x)
-    # Max-pools keep int32 positions instead of their input and int64 indices (the stem's
-    # overlapping 3x3 pool keeps its indices); FrozenBN pre-activations keep shared inputs once.
+    # Max-pools keep int32 positions instead of their input and int64 indices; FrozenBN
+    # pre-activations keep shared inputs once; recovering blocks keep a third.
     assert "torch.int32" in efficient_kinds and "torch.int32" not in default_kinds
-    assert efficient_bytes < (0.85 if norm == "FrozenBN" else 0.95) * default_bytes
+    assert efficient_bytes < (0.8 if norm == "FrozenBN" else 0.95) * default_bytes
     counts = []
     for model in (default, efficient):
         with CountConvolutions() as count:
             train_step(model, x)
         counts.append((count.forward, count.backward))
-    assert counts[0] == counts[1] and counts[0][0] == counts[0][1]  # no convolution runs twice
+    (forward, backward), (efficient_forward, efficient_backward) = counts
+    assert forward == backward and efficient_backward == backward
+    recovered = sum(recovering(efficient).values()) if norm == "FrozenBN" else 0
+    assert efficient_forward == forward + recovered
 
 
 def test_inference_scripting_and_tracing_run_the_plain_path():
@@ -169,6 +206,29 @@ def test_compact_max_pool_equals_max_pool_with_ties(shape, kernel, channels_last
     assert compact_grad.is_contiguous(memory_format=torch.channels_last) == grad.is_contiguous(
         memory_format=torch.channels_last
     )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 12), (1, 2, 9, 7)])
+def test_rectified_max_pool_equals_relu_then_max_pool_with_ties(shape, channels_last):
+    """Small integers around 0 make ties and all-negative windows: the same values and gradients
+    as the stem's ReLU then 3x3 max-pool, bit for bit."""
+    x = torch.randint(-2, 3, shape, generator=torch.Generator().manual_seed(0)).double()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for pool in (
+        lambda t: nn.functional.max_pool2d(torch.relu(t), 3, 2, 1),
+        lambda t: rectified_max_pool(t, 3, 2, 1),
+    ):
+        xi = x.clone().requires_grad_()
+        out = pool(xi)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out, xi.grad))
+    (out, grad), (rectified_out, rectified_grad) = results
+    torch.testing.assert_close(rectified_out, out, rtol=0, atol=0)
+    torch.testing.assert_close(rectified_grad, grad, rtol=0, atol=0)
+    assert rectified_grad.is_contiguous(memory_format=torch.channels_last) == channels_last or x.shape[1] == 1
 
 
 def test_from_config_and_bad_value_names_the_key():

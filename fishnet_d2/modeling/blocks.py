@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import InvalidValue
 from .memory import lean_conv, saves_memory
+from .reversible import Conv2Args, FoldedBlock
 
 __all__ = [
     "FusedFrozenBatchNorm2d",
@@ -203,6 +204,9 @@ class PreActBottleneck(FishNetBlockBase):
     # branch taken.
     fold_norm2: torch.jit.Final[bool]
     fold_norm3: torch.jit.Final[bool]
+    # Every norm a FrozenBN: norm1 an affine, norm2 and norm3 folded (the memory-efficient paths'
+    # condition).
+    frozen_norms: torch.jit.Final[bool]
 
     def __init__(
         self,
@@ -249,11 +253,11 @@ class PreActBottleneck(FishNetBlockBase):
         """Fold norm2 into conv1 and norm3 into conv2 where they are FrozenBN (folds_into_conv)."""
         self.fold_norm2 = folds_into_conv(self.norm2)
         self.fold_norm3 = folds_into_conv(self.norm3)
+        self.frozen_norms = self.fold_norm2 and self.fold_norm3 and isinstance(self.norm1, FusedFrozenBatchNorm2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            frozen = self.fold_norm2 and self.fold_norm3 and isinstance(self.norm1, FusedFrozenBatchNorm2d)
-            if self.recompute_activation and frozen and saves_memory():
+            if self.recompute_activation and self.frozen_norms and saves_memory():
                 return self.forward_keeping_less(x)
         out = F.relu(self.norm1(x), inplace=self.relu1_inplace)
         # From here on `out` is a convolution's output (or its norm's), which their backward does
@@ -286,6 +290,27 @@ class PreActBottleneck(FishNetBlockBase):
         out = self.conv3(F.relu_(out))
         out += self.shortcut(x)
         return out
+
+    def is_reversible(self) -> bool:
+        """Whether the block's input can be recovered from its output, ``x + F(x)``: an identity
+        shortcut, stride 1 (:mod:`~fishnet_d2.modeling.reversible`; with FrozenBN norms,
+        ``frozen_norms``)."""
+        return isinstance(self.shortcut, nn.Identity) and self.stride == 1
+
+    @torch.jit.unused
+    def folded_tensors(self) -> Tuple[FoldedBlock, Conv2Args]:
+        """The block's weights and FrozenBN affines, and conv2's arguments, for
+        :func:`~fishnet_d2.modeling.reversible.recovering_blocks`."""
+        c2 = self.conv2
+        tensors = FoldedBlock(
+            self.conv1.weight,
+            c2.weight,
+            self.conv3.weight,
+            *self.norm1.scale_shift(),
+            *self.norm2.scale_shift(),
+            *self.norm3.scale_shift(),
+        )
+        return tensors, Conv2Args(tuple(c2.padding), tuple(c2.dilation), c2.groups)
 
 
 class GroupedPreActBottleneck(PreActBottleneck):
@@ -348,11 +373,15 @@ class ConvNormReLU(FishNetBlockBase):
         self.fold_norm = folds_into_conv(self.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu_(self.normalized(x))
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """``norm(conv(x))``, before the ReLU."""
         if self.fold_norm:
             weight, bias = self.norm.fold_into(self.conv.weight, x.dtype)
             c = self.conv
-            return F.relu_(F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups))
-        return F.relu_(self.norm(self.conv(x)))
+            return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+        return self.norm(self.conv(x))
 
 
 class ScoreUnit(nn.Module):

@@ -153,7 +153,7 @@ class FishNet(Backbone):
             raise InvalidValue("memory_efficient", memory_efficient, "allowed True or False")
         self.memory_efficient = memory_efficient
         if memory_efficient:
-            train_memory_efficiently(self)
+            train_memory_efficiently(self, refined_head_held=self._head_refined_name in self._out_features)
         self.freeze(freeze_at)
         if freeze_stem_conv1:
             self.stem.conv1.freeze()

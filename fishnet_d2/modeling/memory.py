@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["saves_memory", "lean_conv", "CompactMaxPool2d", "train_memory_efficiently"]
+__all__ = ["saves_memory", "lean_conv", "CompactMaxPool2d", "rectified_max_pool", "train_memory_efficiently"]
 
 
 def saves_memory() -> bool:
@@ -166,26 +166,90 @@ class CompactMaxPool2d(nn.MaxPool2d):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
-def train_memory_efficiently(fishnet: nn.Module) -> None:
+# The widest residual blocks that recover their inputs (train_memory_efficiently).
+MAX_RECOVERED_WIDTH = 512
+
+
+class _RectifiedMaxPool(torch.autograd.Function):
+    """``relu(max_pool2d(x))``, keeping its output and the maxima's positions as int32."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size: int, stride: int, padding: int):
+        out, indices = F.max_pool2d(x, kernel_size, stride, padding, return_indices=True)
+        out.relu_()
+        ctx.save_for_backward(out, indices.to(torch.int32))
+        ctx.pool = ([kernel_size] * 2, [stride] * 2, [padding] * 2)
+        ctx.input_shape = x.shape
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out, indices = ctx.saved_tensors
+        kernel_size, stride, padding = ctx.pool
+        # ReLU's backward first: its output is the pool's, and where it is 0 no gradient passes
+        # (the default path's max-pool sends it to a position whose ReLU then stops it).
+        grad_out = grad_out.masked_fill(out <= 0, 0)
+        # The max-pool's own backward reads only the input's size and memory format.
+        like = torch.empty(
+            ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=ctx.memory_format
+        )
+        grad_in = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, like, kernel_size, stride, padding, [1, 1], False, indices.long()
+        )
+        return grad_in, None, None, None
+
+
+def rectified_max_pool(x: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
+    """``F.max_pool2d(F.relu(x), ...)``, the same values and gradients (ReLU and max commute:
+    ``max(relu(a), relu(b)) = relu(max(a, b))``), keeping for the backward pass the output and the
+    maxima's positions as int32 (two maps of the output's size) instead of the ReLU's output and
+    the int64 indices (an input-sized map, two output-sized ones). The stem's last unit."""
+    return _RectifiedMaxPool.apply(x, kernel_size, stride, padding)
+
+
+def train_memory_efficiently(fishnet: nn.Module, *, refined_head_held: bool) -> None:
     """Make a FishNet's training memory-efficient, in place.
 
     Pre-activations keep their input where it is kept anyway: the first block of each run of
     residual blocks (and its projection shortcut) reads a map that another stage reads too, or
-    that the caller holds (a head feature). The first head stage's refinement is left out: its
-    input, the last body stage's output, has no other reader. Elsewhere a block's input and
-    activation are the same size, and recomputing the activation (a pass over memory, at the
-    full width) would cost time for little: it only lowers what a block holds while it runs.
+    that the caller holds (a head feature). The first head stage's refinement is the exception:
+    its input, the last body stage's output, has no other reader.
 
-    Each ``nn.MaxPool2d`` becomes a :class:`CompactMaxPool2d` with its arguments (pools hold no
-    state: the state_dict is unchanged)."""
-    alone = fishnet.head[0].refine if len(fishnet.head) else None
+    After that first block, identity-shortcut blocks recover their inputs from their outputs in
+    the backward pass (:mod:`~fishnet_d2.modeling.reversible`): each keeps a third of what it
+    kept, for its 1x1 conv3 run again, and the run keeps its output. That pays where the run's
+    output is held anyway (``refined_head_held``: the first head stage's refinement is a
+    requested feature), or where at least 3 blocks recover (the output kept for them costs one
+    block's activation); with 1 or 2 blocks and an output nobody holds it would save nothing.
+    Only up to ``MAX_RECOVERED_WIDTH`` channels: conv3 costs ``C / 4`` multiply-adds per value
+    not kept, which at FishNet-150's 1600-wide head5 refinement is more time per MB than
+    checkpointing a stage costs (docs/performance.md).
+
+    The stem pools before its last ReLU (:func:`rectified_max_pool`). Each ``nn.MaxPool2d``
+    becomes a :class:`CompactMaxPool2d` with its arguments (pools hold no state: the state_dict
+    is unchanged)."""
+    fishnet.stem.pool_before_relu = True
+    refined_head = fishnet.head[0].refine if len(fishnet.head) else None
     for stage in fishnet.stages():
         for part in ("blocks", "refine", "transfer"):
             blocks = getattr(stage, part, None)
-            if isinstance(blocks, nn.Sequential) and len(blocks) and blocks is not alone:
+            if not hasattr(blocks, "recover_from") or not len(blocks):
+                continue
+            input_held = blocks is not refined_head
+            if input_held:
                 for m in blocks[0].modules():
                     if hasattr(m, "recompute_activation"):
                         m.recompute_activation = True
+            start = len(blocks)
+            while start > int(input_held) and blocks[start - 1].is_reversible():
+                start -= 1
+            if blocks[-1].out_channels > MAX_RECOVERED_WIDTH:
+                start = len(blocks)
+            output_held = blocks is refined_head and refined_head_held
+            if len(blocks) - start >= (1 if output_held else 3):
+                blocks.recover_from = start
     for parent in list(fishnet.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.MaxPool2d:

@@ -22,10 +22,13 @@ from .blocks import (
     SqueezeExcitation,
 )
 from .errors import InvalidValue
+from .memory import rectified_max_pool, saves_memory
 from .recompute import recompute_in_backward
+from .reversible import recovering_blocks
 
 __all__ = [
     "DOWNSAMPLINGS",
+    "ResidualBlocks",
     "FishStage",
     "FishStem",
     "TailStage",
@@ -63,6 +66,42 @@ def bottleneck(
     )
 
 
+class ResidualBlocks(nn.Sequential):
+    """A run of residual blocks, applied in order (an ``nn.Sequential``: the same state_dict).
+
+    ``recover_from = k`` (set by FishNet's ``memory_efficient``; default ``len(self)``, none):
+    in training, blocks ``k`` and after (:meth:`PreActBottleneck.is_reversible`), when their norms
+    are FrozenBN, recover their inputs from their outputs in the
+    backward pass instead of keeping their activations
+    (:func:`~fishnet_d2.modeling.reversible.recovering_blocks`)."""
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__(*blocks)
+        self.recover_from = len(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.recover_from < len(self) and saves_memory() and not torch.is_autocast_enabled(x.device.type):
+                return self.forward_recovering_inputs(x)
+        for block in self:
+            x = block(x)
+        return x
+
+    @torch.jit.unused
+    def forward_recovering_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in memory-efficient training: the same values."""
+        blocks = list(self)
+        for block in blocks[: self.recover_from]:
+            x = block(x)
+        recovering = blocks[self.recover_from :]
+        if not all(block.frozen_norms for block in recovering):  # trainable norms: not affines
+            for block in recovering:
+                x = block(x)
+            return x
+        tensors, conv2_args = zip(*(block.folded_tensors() for block in recovering))
+        return recovering_blocks(x, tensors, conv2_args)
+
+
 def residual_blocks(
     in_channels: int,
     out_channels: int,
@@ -72,7 +111,7 @@ def residual_blocks(
     group_width: int = 0,
     dilation: int = 1,
     norm: Norm = "BN",
-) -> nn.Sequential:
+) -> ResidualBlocks:
     """``num_blocks`` residual blocks (:func:`bottleneck`); only the first changes the width."""
     blocks: List[nn.Module] = [
         bottleneck(
@@ -95,7 +134,7 @@ def residual_blocks(
                 norm=norm,
             )
         )
-    return nn.Sequential(*blocks)
+    return ResidualBlocks(*blocks)
 
 
 def projection_or_identity(in_channels: int, out_channels: int, norm: Norm) -> nn.Module:
@@ -104,7 +143,7 @@ def projection_or_identity(in_channels: int, out_channels: int, norm: Norm) -> n
     return PreActProjection(in_channels, out_channels, norm=norm)
 
 
-def transfer_blocks(channels: int, num_blocks: int, *, group_width: int = 0, norm: Norm = "BN") -> nn.Sequential:
+def transfer_blocks(channels: int, num_blocks: int, *, group_width: int = 0, norm: Norm = "BN") -> ResidualBlocks:
     """The transfer function ``T``: residual blocks that keep the width (paper, eq. 7 and 9)."""
     return residual_blocks(
         channels, channels, num_blocks, first_shortcut=nn.Identity(), group_width=group_width, norm=norm
@@ -131,7 +170,7 @@ def blocks_then_downsampling(
     group_width: int,
     dilation: int,
     norm: Norm,
-) -> Tuple[nn.Sequential, nn.Module]:
+) -> Tuple[ResidualBlocks, nn.Module]:
     """The residual blocks of a tail stage or of a DR-block's ``M``, and what then halves the
     resolution: ``(blocks, down)``, ``down(blocks(x))`` the stage's down-sampled map.
 
@@ -160,7 +199,7 @@ def blocks_then_downsampling(
         return blocks, POOLS[downsample]()
     if downsample != "conv":
         raise InvalidValue("downsample", downsample, f"allowed {list(DOWNSAMPLINGS)}")
-    blocks = nn.Sequential()
+    blocks = ResidualBlocks()
     strided_in_channels = in_channels
     if num_blocks > 1:
         blocks = residual_blocks(
@@ -218,10 +257,16 @@ class FishStem(FishStage):
         self.conv1 = ConvNormReLU(in_channels, out_channels // 2, stride=2, norm=norm)
         self.conv2 = ConvNormReLU(out_channels // 2, out_channels // 2, norm=norm)
         self.conv3 = ConvNormReLU(out_channels // 2, out_channels, norm=norm)
+        # Training pools before conv3's ReLU, keeping less (set by FishNet's memory_efficient:
+        # memory.rectified_max_pool).
+        self.pool_before_relu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv3(self.conv2(self.conv1(x)))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        x = self.conv2(self.conv1(x))
+        if not torch.jit.is_scripting():
+            if self.pool_before_relu and saves_memory():
+                return rectified_max_pool(self.conv3.normalized(x), kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(self.conv3(x), kernel_size=3, stride=2, padding=1)
 
 
 class TailStage(FishStage):
