@@ -148,9 +148,10 @@ def test_keeps_less_for_backward_running_only_conv3_of_recovering_blocks_again(n
             train_step(model, x)
         counts.append((count.forward, count.backward))
     (forward, backward), (efficient_forward, efficient_backward) = counts
-    assert forward == backward and efficient_backward == backward
+    assert forward == backward
+    # A recovering block runs conv3 again, and conv1's backward in two calls (weight, input).
     recovered = sum(recovering(efficient).values()) if norm == "FrozenBN" else 0
-    assert efficient_forward == forward + recovered
+    assert efficient_forward == forward + recovered and efficient_backward == backward + recovered
 
 
 def test_inference_scripting_and_tracing_run_the_plain_path():

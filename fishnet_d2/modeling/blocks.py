@@ -245,7 +245,9 @@ class PreActBottleneck(FishNetBlockBase):
             conv_init_(conv)
         self.relu1_inplace = relu_may_overwrite(self.norm1)
         # Training keeps less where the norms are FrozenBN (set by FishNet's memory_efficient:
-        # forward_keeping_less).
+        # forward_keeping_less): the unfolded weights, and with recompute_activation x instead
+        # of norm1's activation.
+        self.keep_less = False
         self.recompute_activation = False
         self.decide_folding()
 
@@ -257,7 +259,7 @@ class PreActBottleneck(FishNetBlockBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if self.recompute_activation and self.frozen_norms and saves_memory():
+            if self.keep_less and self.frozen_norms and saves_memory():
                 return self.forward_keeping_less(x)
         out = F.relu(self.norm1(x), inplace=self.relu1_inplace)
         # From here on `out` is a convolution's output (or its norm's), which their backward does
@@ -282,10 +284,14 @@ class PreActBottleneck(FishNetBlockBase):
     @torch.jit.unused
     def forward_keeping_less(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` in training with FrozenBN norms, keeping less for the backward pass
-        (FishNet's memory_efficient; :func:`~fishnet_d2.modeling.memory.lean_conv`): conv1 keeps x
-        instead of norm1's activation, and conv1 and conv2 the weights before norm2 and norm3 are
-        folded in. The same values, op for op."""
-        out = lean_conv(x, self.conv1, activation=self.norm1.scale_shift(), folded=self.norm2.scale_shift())
+        (FishNet's memory_efficient; :func:`~fishnet_d2.modeling.memory.lean_conv`): conv1 and
+        conv2 keep their weights before norm2 and norm3 are folded in, and with
+        ``recompute_activation`` conv1 keeps x instead of norm1's activation. The same values, op
+        for op."""
+        if self.recompute_activation:
+            out = lean_conv(x, self.conv1, activation=self.norm1.scale_shift(), folded=self.norm2.scale_shift())
+        else:
+            out = lean_conv(F.relu(self.norm1(x), inplace=True), self.conv1, folded=self.norm2.scale_shift())
         out = lean_conv(F.relu_(out), self.conv2, folded=self.norm3.scale_shift())
         out = self.conv3(F.relu_(out))
         out += self.shortcut(x)

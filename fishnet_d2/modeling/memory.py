@@ -212,7 +212,9 @@ def rectified_max_pool(x: torch.Tensor, kernel_size: int, stride: int, padding: 
 def train_memory_efficiently(fishnet: nn.Module, *, refined_head_held: bool) -> None:
     """Make a FishNet's training memory-efficient, in place.
 
-    Pre-activations keep their input where it is kept anyway: the first block of each run of
+    Blocks with FrozenBN norms keep their convolutions' weights, not the copies with a norm
+    folded in (:func:`lean_conv`; at the lowest resolutions the copies are as large as the
+    activations). Pre-activations keep their input where it is kept anyway: the first block of each run of
     residual blocks (and its projection shortcut) reads a map that another stage reads too, or
     that the caller holds (a head feature). The first head stage's refinement is the exception:
     its input, the last body stage's output, has no other reader.
@@ -232,6 +234,9 @@ def train_memory_efficiently(fishnet: nn.Module, *, refined_head_held: bool) -> 
     is unchanged)."""
     fishnet.stem.pool_before_relu = True
     refined_head = fishnet.head[0].refine if len(fishnet.head) else None
+    for m in fishnet.modules():
+        if hasattr(m, "keep_less"):
+            m.keep_less = True
     for stage in fishnet.stages():
         for part in ("blocks", "refine", "transfer"):
             blocks = getattr(stage, part, None)
