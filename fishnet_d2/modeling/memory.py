@@ -8,8 +8,8 @@ as the plain path, with less kept for the backward pass and no convolution run t
   transfer block of a later part; a head feature the caller holds read by the next head stage.
 - In those blocks, a convolution with a FrozenBN folded into it keeps its weight, not the folded
   copy, and folds again in the backward pass (one pass over the weight).
-- A max-pool whose windows tile its input keeps the position of each window's maximum as int32
-  (:class:`CompactMaxPool2d`) instead of its input and int64 indices.
+- A max-pool whose windows tile its input keeps the position of each maximum in its window, one
+  byte (:class:`CompactMaxPool2d`), instead of its input and int64 indices.
 
 Neither runs when it cannot matter or would get in the way: without gradients, while tracing,
 scripting (TorchScript compiles the plain path) or compiling (:func:`saves_memory`).
@@ -117,12 +117,18 @@ def lean_conv(
 
 class _CompactMaxPool(torch.autograd.Function):
     """Max-pool of windows that tile the input (kernel == stride, no padding, sizes divisible),
-    keeping for the backward pass only the maxima's positions, as int32."""
+    keeping for the backward pass only each maximum's position in its window, one byte each."""
 
     @staticmethod
     def forward(ctx, x, k):
         out, indices = F.max_pool2d(x, k, k, return_indices=True)
-        ctx.save_for_backward(indices.to(torch.int32))
+        # indices: row * width + column in the input plane. Less its window's first position,
+        # the offset is r * width + c (r, c < k); the position in the window, r * k + c, is the
+        # offset less r * (width - k), r counted by comparisons (integer division is slow).
+        width = x.shape[-1]
+        offset = indices.sub_(_window_starts(out, k, width))
+        rows = _rows(offset, k, width)
+        ctx.save_for_backward(offset.sub_(rows.mul_(width - k)).to(torch.uint8))
         ctx.k = k
         ctx.size = x.shape[-2:]
         # The plain max-pool's backward gives the input's memory format, whatever grad_out's.
@@ -132,18 +138,36 @@ class _CompactMaxPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        (indices,) = ctx.saved_tensors
+        (in_window,) = ctx.saved_tensors
+        k, (height, width) = ctx.k, ctx.size
+        in_window = in_window.long()
+        indices = in_window.add_(_rows(in_window, k, k).mul_(width - k)).add_(_window_starts(grad_out, k, width))
         # Every input position is in exactly one window: it gets its window's gradient where it
         # was the maximum, 0 elsewhere, as max-pool's backward gives.
         grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
-        grad_in = F.max_unpool2d(grad_out, indices.long(), ctx.k, ctx.k, output_size=ctx.size)
+        grad_in = F.max_unpool2d(grad_out, indices, k, k, output_size=(height, width))
         return grad_in.contiguous(memory_format=ctx.memory_format), None
 
 
+def _window_starts(out: torch.Tensor, k: int, width: int) -> torch.Tensor:
+    """Each output position's window's first position in the input plane (out's last two dims)."""
+    out_height, out_width = out.shape[-2:]
+    rows = torch.arange(out_height, device=out.device).view(-1, 1) * (k * width)
+    return rows + torch.arange(out_width, device=out.device) * k
+
+
+def _rows(offsets: torch.Tensor, k: int, row_length: int) -> torch.Tensor:
+    """``offsets // row_length`` for offsets below ``k * row_length``, by k - 1 comparisons."""
+    rows = torch.zeros_like(offsets)
+    for r in range(1, k):
+        rows += offsets >= r * row_length
+    return rows
+
+
 class CompactMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` (same arguments, same results and gradients) that, in training, keeps 4
-    bytes per output for the backward pass (the maxima's positions as int32) instead of the input
-    and int64 indices, where its windows tile the input (kernel == stride, no padding or
+    """``nn.MaxPool2d`` (same arguments, same results and gradients) that, in training, keeps 1
+    byte per output for the backward pass (the maximum's position in its window) instead of the
+    input and int64 indices, where its windows tile the input (kernel == stride, no padding or
     dilation; else the plain max-pool)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +184,6 @@ class CompactMaxPool2d(nn.MaxPool2d):
                 and x.dim() == 4
                 and x.shape[-2] % k == 0
                 and x.shape[-1] % k == 0
-                and x.shape[-2] * x.shape[-1] < 2**31
             ):
                 return _CompactMaxPool.apply(x, k)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
@@ -177,7 +200,8 @@ class _RectifiedMaxPool(torch.autograd.Function):
     def forward(ctx, x, kernel_size: int, stride: int, padding: int):
         out, indices = F.max_pool2d(x, kernel_size, stride, padding, return_indices=True)
         out.relu_()
-        ctx.save_for_backward(out, indices.to(torch.int32))
+        # Positions in the input plane; int32 holds them below 2**31 (any image that fits memory).
+        ctx.save_for_backward(out, indices.to(torch.int32) if x.shape[-2] * x.shape[-1] < 2**31 else indices)
         ctx.pool = ([kernel_size] * 2, [stride] * 2, [padding] * 2)
         ctx.input_shape = x.shape
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -190,7 +214,7 @@ class _RectifiedMaxPool(torch.autograd.Function):
         kernel_size, stride, padding = ctx.pool
         # ReLU's backward first: its output is the pool's, and where it is 0 no gradient passes
         # (the default path's max-pool sends it to a position whose ReLU then stops it).
-        grad_out = grad_out.masked_fill(out <= 0, 0)
+        grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)
         # The max-pool's own backward reads only the input's size and memory format.
         like = torch.empty(
             ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=ctx.memory_format

@@ -78,15 +78,14 @@ def _conv_backward(
     weight: torch.Tensor,
     args: Optional[Conv2Args],
     *,
-    need_input: bool = True,
     need_weight: bool,
-) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The gradients of a bias-free, stride-1 convolution's input and weight, where needed."""
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The gradients of a bias-free, stride-1 convolution's input and (if needed) weight."""
     padding, dilation, groups = ([0, 0], [1, 1], 1) if args is None else (
         list(args.padding), list(args.dilation), args.groups
     )
     grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad, inputs, weight, None, [1, 1], padding, dilation, False, [0, 0], groups, [need_input, need_weight, False]
+        grad, inputs, weight, None, [1, 1], padding, dilation, False, [0, 0], groups, [True, need_weight, False]
     )
     return grad_input, grad_weight
 
@@ -131,22 +130,19 @@ class _RecoveredBlocks(torch.autograd.Function):
             del grad_z2
             grad_z1 = torch.ops.aten.threshold_backward(grad_a2, a2, 0)
             del grad_a2
-            # conv1's weight gradient needs a1; its input gradient only a1's shape and layout, for
-            # which x stands in: a1 goes between them (the fewest full-width maps alive at once).
             a1 = _pre_activation(x, b)
-            w1 = b.conv1_weight * _per_output(b.scale2, b.conv1_weight)
-            _, grad_w1 = _conv_backward(grad_z1, a1, w1, None, need_input=False, need_weight=needs.conv1_weight)
-            stopped = a1 <= 0  # the ReLU's backward (its output's threshold, as autograd's)
-            del a1
-            grad_a1, _ = _conv_backward(grad_z1, x, w1, None, need_weight=False)
-            del grad_z1
             if b is not blocks[0]:
                 out = x  # the previous block's output
             del x
-            # The ReLU's and the affine's backward, plus the identity shortcut's gradient; in place,
-            # the same values.
-            grad = grad_a1.masked_fill_(stopped, 0).mul_(_per_channel(b.scale1, grad_a1)).add_(grad)
-            del grad_a1, stopped
+            w1 = b.conv1_weight * _per_output(b.scale2, b.conv1_weight)
+            grad_a1, grad_w1 = _conv_backward(grad_z1, a1, w1, None, need_weight=needs.conv1_weight)
+            del grad_z1
+            # The ReLU's backward (its output's threshold, as autograd's) and the affine's, plus
+            # the identity shortcut's gradient; in place, the same values.
+            torch.ops.aten.threshold_backward.grad_input(grad_a1, a1, 0, grad_input=grad_a1)
+            del a1
+            grad = grad_a1.mul_(_per_channel(b.scale1, grad_a1)).add_(grad)
+            del grad_a1
             # The folded weights' products, backward as autograd's: times the other factor.
             if grad_w1 is not None:
                 grad_w1 = grad_w1 * _per_output(b.scale2, b.conv1_weight)
