@@ -12,6 +12,7 @@ from torch import nn
 
 from fishnet_d2 import FishNet
 from fishnet_d2.apps.benchmark import (
+    LEAN_CHECKPOINT,
     LIGHT_CHECKPOINT,
     MODEL_SPECS,
     calibrate_detections,
@@ -88,7 +89,7 @@ def test_ratios_are_medians_of_paired_rounds():
 
 def test_every_checkpointing_choice_has_a_row():
     rows = {spec.opts[1] for spec in MODEL_SPECS.values() if spec.opts[:1] == ("MODEL.FISHNET.CHECKPOINT",)}
-    assert rows == {True, ("stride4", "tail"), LIGHT_CHECKPOINT, *CHECKPOINT_CHOICES} - {"none", "all"}
+    assert rows == {True, ("stride4", "tail"), LIGHT_CHECKPOINT, LEAN_CHECKPOINT, *CHECKPOINT_CHOICES} - {"none", "all"}
     light = parse_models(["fishnet150-ckpt-stem-tail-bridge-body4-body3"])[0]
     assert light.name == "FishNet-150 ckpt stem+tail+bridge+body4+body3"
     assert parse_models(["fishnet150-ckpt-stride4-tail"])[0].name == "FishNet-150 ckpt stride4+tail"

@@ -9,6 +9,7 @@ from .cli import main, parse_args, run
 from .machine import cpu_ticks, environment, instruction_sets, stolen_fraction
 from .measure import count_flops, count_parameters, peak_memory, wall_time
 from .models import (
+    LEAN_CHECKPOINT,
     LIGHT_CHECKPOINT,
     MODEL_SPECS,
     ModelSpec,
@@ -34,6 +35,7 @@ __all__ = [
     "count_parameters",
     "peak_memory",
     "wall_time",
+    "LEAN_CHECKPOINT",
     "LIGHT_CHECKPOINT",
     "MODEL_SPECS",
     "ModelSpec",

@@ -20,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "MODEL_SPECS",
     "LIGHT_CHECKPOINT",
+    "LEAN_CHECKPOINT",
     "parse_models",
     "build_detector",
     "plain_fishnet",
@@ -89,9 +90,13 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
 # The MODEL.FISHNET.CHECKPOINT for a larger batch at little cost: the stages whose recomputation
 # costs the least time per MB of memory it saves (docs/performance.md, "Activation checkpointing").
 LIGHT_CHECKPOINT = ("stem", "tail", "bridge", "body4", "body3")
+# With MODEL.FISHNET.MEMORY_EFFICIENT, the stages whose recomputation then saves the most memory
+# per millisecond (docs/performance.md, "Memory-efficient training").
+LEAN_CHECKPOINT = ("stem", "tail3", "body2")
 # One row per named choice of MODEL.FISHNET.CHECKPOINT but "none" and "all" ("fishnet150-ckpt"),
-# the pair ["stride4", "tail"] (the least memory for less than "all"'s time) and LIGHT_CHECKPOINT.
-for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail"), LIGHT_CHECKPOINT):
+# the pair ["stride4", "tail"] (the least memory for less than "all"'s time), LIGHT_CHECKPOINT and
+# LEAN_CHECKPOINT.
+for _choice in ("stride4", "tail", "body", "head", ("stride4", "tail"), LIGHT_CHECKPOINT, LEAN_CHECKPOINT):
     _name = _choice if isinstance(_choice, str) else "+".join(_choice)
     MODEL_SPECS[f"fishnet150-ckpt-{_name.replace('+', '-')}"] = ModelSpec(
         f"FishNet-150 ckpt {_name}",

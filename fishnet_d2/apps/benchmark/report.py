@@ -7,18 +7,43 @@ from typing import Dict, List, Optional, Sequence
 
 from fishnet_d2.weights.atomic_file import atomic_write
 
-from .models import LIGHT_CHECKPOINT
+from .models import LEAN_CHECKPOINT, LIGHT_CHECKPOINT
 
 __all__ = ["RATIOS", "summarize", "ratios", "markdown", "DOC_BEGIN", "DOC_END", "write_doc", "load_reports", "plot"]
 
 # (numerator, denominator, measure): the ratios a run reports for the models it measured.
 # FishNet against Detectron2's ResNets, the plain row (every fast path off) against FishNet,
 # FishNet compiled against eager, activation checkpointing against none ("ckpt": every
-# stage; LIGHT_CHECKPOINT and the other named choices), and MODEL.FISHNET.MEMORY_EFFICIENT
-# ("lean") against the same model without it.
+# stage; LIGHT_CHECKPOINT, LEAN_CHECKPOINT and the other named choices), and
+# MODEL.FISHNET.MEMORY_EFFICIENT ("lean") against the same model without it, and each lean row's
+# time against FishNet-150's and memory against R-101's.
 LIGHT = "+".join(LIGHT_CHECKPOINT)  # its row's name
+LEAN = "+".join(LEAN_CHECKPOINT)
+_CHOICES = (LIGHT, LEAN, "stride4+tail", "stride4", "tail", "body", "head")
+
+
+def _lean_ratios(checkpoint: Optional[str]) -> List[tuple]:
+    """A lean row against FishNet-150's time, R-101's memory and, with ``checkpoint`` (a choice's
+    row name, "" for "ckpt" alone: every stage; None: no checkpointing), the same checkpointing
+    without lean."""
+    suffix = "" if checkpoint is None else " ckpt" + (f" {checkpoint}" if checkpoint else "")
+    lean = f"FishNet-150 lean{suffix}"
+    rows = [
+        (lean, "FishNet-150", "backbone_train"),
+        (lean, "FishNet-150", "train_iter"),
+        (lean, "R-101", "memory:backbone_train"),
+        (lean, "R-101", "memory:train_iter"),
+    ]
+    if checkpoint is not None:
+        plain = f"FishNet-150{suffix}"
+        rows += [(lean, plain, "backbone_train"), (lean, plain, "memory:backbone_train")]
+    return rows
+
+
 RATIOS = (
     ("FishNet-150", "R-101", "backbone_train"),
+    ("FishNet-150", "R-101", "memory:backbone_train"),
+    ("FishNet-150", "R-101", "memory:train_iter"),
     ("FishNet-150 plain", "FishNet-150", "backbone_train"),
     ("FishNet-150", "R-50", "inference"),
     ("FishNet-150 plain", "FishNet-150", "inference"),
@@ -29,23 +54,13 @@ RATIOS = (
     ("FishNet-150 ckpt", "FishNet-150", "memory:backbone_train"),
     *(
         row
-        for choice in (LIGHT, "stride4+tail", "stride4", "tail", "body", "head")
+        for choice in _CHOICES
         for row in (
             (f"FishNet-150 ckpt {choice}", "FishNet-150", "backbone_train"),
             (f"FishNet-150 ckpt {choice}", "FishNet-150", "memory:backbone_train"),
         )
     ),
-    ("FishNet-150 lean", "FishNet-150", "backbone_train"),
-    ("FishNet-150 lean", "FishNet-150", "memory:backbone_train"),
-    ("FishNet-150 lean", "R-101", "memory:backbone_train"),
-    *(
-        row
-        for choice in ("", " " + LIGHT, " stride4+tail", " stride4", " tail", " body", " head")
-        for row in (
-            (f"FishNet-150 lean ckpt{choice}", f"FishNet-150 ckpt{choice}", "backbone_train"),
-            (f"FishNet-150 lean ckpt{choice}", f"FishNet-150 ckpt{choice}", "memory:backbone_train"),
-        )
-    ),
+    *(row for checkpoint in (None, "", *_CHOICES) for row in _lean_ratios(checkpoint)),
 )
 _LABELS = {
     "backbone_train": "backbone fwd+bwd time",
