@@ -32,10 +32,16 @@ from .support import (
 
 
 # Runs of several blocks, so that some recover their inputs: tail4 (3 blocks after the first),
-# the bridge and head5's transfer (2 after the first: not worth it), head2's refinement (its
-# output is a feature the caller holds).
+# the bridge (2 after the first: not worth it alone), head2's refinement (its output is a feature
+# the caller holds), transfer runs whose stage's concatenation is held (by the next stage, or the
+# caller).
 LONG_RUNS_ARCH = replace(
-    TINY_ARCH, tail_blocks=(1, 4, 2), bridge_blocks=3, head_blocks=(2, 1, 2), head_transfer_blocks=(1, 1, 3)
+    TINY_ARCH,
+    tail_blocks=(1, 4, 2),
+    bridge_blocks=3,
+    head_blocks=(2, 1, 2),
+    body_transfer_blocks=(1, 2, 2),
+    head_transfer_blocks=(1, 1, 3),
 )
 
 
@@ -66,11 +72,20 @@ def recovering(model: FishNet) -> Dict[str, int]:
 
 def test_which_blocks_recover_their_inputs():
     """After a run's first block, identity-shortcut blocks, where at least 3 do, or where the
-    run's output is a feature the caller holds (head2, the first head stage's refinement)."""
+    run's output is held anyway: head2 (the first head stage's refinement) when it is a feature
+    the caller holds, a transfer run's output in its stage's concatenation when that is a
+    feature or the next stage keeps its input. Checkpointed stages keep nothing of their own."""
     _, efficient = twins("FrozenBN", LONG_RUNS_ARCH)
-    assert recovering(efficient) == {"tail.1.blocks": 3, "head.0.refine": 2}
-    _, without_head2 = twins("FrozenBN", LONG_RUNS_ARCH, out_features=["head3", "head4", "head5"])
-    assert recovering(without_head2) == {"tail.1.blocks": 3}
+    expected = {"tail.1.blocks": 3, "body.1.transfer": 1, "body.2.transfer": 1, "head.0.refine": 2, "head.2.transfer": 2}
+    assert recovering(efficient) == expected
+    # body2's concatenation is read by head2's refinement, which recovers its input: not held
+    # (unless head3, whose refinement head2 is, recomputes in the backward pass: it keeps its inputs).
+    _, head_only = twins("FrozenBN", LONG_RUNS_ARCH, out_features=["head3", "head4", "head5"])
+    assert recovering(head_only) == {"tail.1.blocks": 3, "body.1.transfer": 1, "head.2.transfer": 2}
+    _, without_head5 = twins("FrozenBN", LONG_RUNS_ARCH, out_features=["head2", "head3", "head4"])
+    assert recovering(without_head5) == {"tail.1.blocks": 3, "body.1.transfer": 1, "head.0.refine": 2}
+    _, checkpointed = twins("FrozenBN", LONG_RUNS_ARCH, activation_checkpointing=["tail4", "head3", "head5"])
+    assert recovering(checkpointed) == {"body.1.transfer": 1, "body.2.transfer": 1}
 
 
 @pytest.mark.parametrize(
@@ -103,6 +118,16 @@ def test_memory_efficient_equals_default_path(norm, options):
     buffers = dict(default.named_buffers())
     for name, value in efficient.named_buffers():
         torch.testing.assert_close(value, buffers[name], rtol=0, atol=0)
+
+
+def test_float32_outputs_are_the_default_paths_bit_for_bit():
+    """The forward runs the default path's operations in its order: in float32 too, the outputs
+    are equal, bit for bit (the gradients differ by the rounding of the recovered inputs)."""
+    default, efficient = twins("FrozenBN", LONG_RUNS_ARCH)
+    outputs, _ = train_step(default.float(), images().float())
+    efficient_outputs, _ = train_step(efficient.float(), images().float())
+    for name, value in outputs.items():
+        torch.testing.assert_close(efficient_outputs[name], value, rtol=0, atol=0)
 
 
 class CountConvolutions(TorchDispatchMode):
@@ -189,49 +214,46 @@ def test_compiled_memory_efficient_model_equals_default_path():
         torch.testing.assert_close(value, buffers[name], rtol=1e-12, atol=1e-12)
 
 
+def assert_pools_alike(reference, pool, x: torch.Tensor) -> None:
+    """``pool(x)`` equals ``reference(x)`` bit for bit, and so does the input's gradient (of a
+    loss that weighs every output differently), in the same memory format."""
+    results = []
+    for f in (reference, pool):
+        xi = x.clone().requires_grad_()
+        out = f(xi)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out, xi.grad))
+    (expected_out, expected_grad), (out, grad) = results
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+    channels_last = torch.channels_last
+    assert grad.is_contiguous(memory_format=channels_last) == expected_grad.is_contiguous(memory_format=channels_last)
+
+
+def small_integers(shape, low: int, channels_last: bool) -> torch.Tensor:
+    """Values in [low, 3): ties in most windows."""
+    x = torch.randint(low, 3, shape, generator=torch.Generator().manual_seed(0)).double()
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape, kernel", [((2, 3, 8, 12), 2), ((1, 2, 9, 6), 3), ((1, 2, 7, 8), 2)])
 def test_compact_max_pool_equals_max_pool_with_ties(shape, kernel, channels_last):
-    """Small integers make ties in most windows: the gradient goes where nn.MaxPool2d sends it
-    (the first maximum). A size the windows do not tile (7) runs the plain max-pool."""
-    x = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(0)).double()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    results = []
-    for pool in (nn.MaxPool2d(kernel, kernel), CompactMaxPool2d(kernel, kernel)):
-        xi = x.clone().requires_grad_()
-        out = pool(xi)
-        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-        results.append((out, xi.grad))
-    (out, grad), (compact_out, compact_grad) = results
-    torch.testing.assert_close(compact_out, out, rtol=0, atol=0)
-    torch.testing.assert_close(compact_grad, grad, rtol=0, atol=0)
-    assert compact_grad.is_contiguous(memory_format=torch.channels_last) == grad.is_contiguous(
-        memory_format=torch.channels_last
-    )
+    """The gradient goes where nn.MaxPool2d sends it (the first maximum). A size the windows do
+    not tile (7) runs the plain max-pool."""
+    x = small_integers(shape, 0, channels_last)
+    assert_pools_alike(nn.MaxPool2d(kernel, kernel), CompactMaxPool2d(kernel, kernel), x)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(2, 3, 8, 12), (1, 2, 9, 7)])
 def test_rectified_max_pool_equals_relu_then_max_pool_with_ties(shape, channels_last):
-    """Small integers around 0 make ties and all-negative windows: the same values and gradients
-    as the stem's ReLU then 3x3 max-pool, bit for bit."""
-    x = torch.randint(-2, 3, shape, generator=torch.Generator().manual_seed(0)).double()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    results = []
-    for pool in (
-        lambda t: nn.functional.max_pool2d(torch.relu(t), 3, 2, 1),
-        lambda t: rectified_max_pool(t, 3, 2, 1),
-    ):
-        xi = x.clone().requires_grad_()
-        out = pool(xi)
-        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-        results.append((out, xi.grad))
-    (out, grad), (rectified_out, rectified_grad) = results
-    torch.testing.assert_close(rectified_out, out, rtol=0, atol=0)
-    torch.testing.assert_close(rectified_grad, grad, rtol=0, atol=0)
-    assert rectified_grad.is_contiguous(memory_format=torch.channels_last) == channels_last or x.shape[1] == 1
+    """With negative values too, so that whole windows are cut by the ReLU: the stem's ReLU then
+    3x3 max-pool, whose windows overlap."""
+    x = small_integers(shape, -2, channels_last)
+    assert_pools_alike(
+        lambda t: nn.functional.max_pool2d(torch.relu(t), 3, 2, 1), lambda t: rectified_max_pool(t, 3, 2, 1), x
+    )
 
 
 def test_from_config_and_bad_value_names_the_key():

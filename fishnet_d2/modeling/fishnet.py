@@ -153,7 +153,7 @@ class FishNet(Backbone):
             raise InvalidValue("memory_efficient", memory_efficient, "allowed True or False")
         self.memory_efficient = memory_efficient
         if memory_efficient:
-            train_memory_efficiently(self, refined_head_held=self._head_refined_name in self._out_features)
+            train_memory_efficiently(self, held_features=self._out_features, refined_head=self._head_refined_name)
         self.freeze(freeze_at)
         if freeze_stem_conv1:
             self.stem.conv1.freeze()

@@ -15,7 +15,7 @@ Neither runs when it cannot matter or would get in the way: without gradients, w
 scripting (TorchScript compiles the plain path) or compiling (:func:`saves_memory`).
 """
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -125,8 +125,11 @@ class _CompactMaxPool(torch.autograd.Function):
         # indices: row * width + column in the input plane. Less its window's first position,
         # the offset is r * width + c (r, c < k); the position in the window, r * k + c, is the
         # offset less r * (width - k), r counted by comparisons (integer division is slow).
+        # In int32 (planes below 2**31 positions): the fewest bytes of temporaries.
         width = x.shape[-1]
-        offset = indices.sub_(_window_starts(out, k, width))
+        offset = indices.to(torch.int32)
+        del indices
+        offset.sub_(_window_starts(out, k, width))
         rows = _rows(offset, k, width)
         ctx.save_for_backward(offset.sub_(rows.mul_(width - k)).to(torch.uint8))
         ctx.k = k
@@ -184,6 +187,7 @@ class CompactMaxPool2d(nn.MaxPool2d):
                 and x.dim() == 4
                 and x.shape[-2] % k == 0
                 and x.shape[-1] % k == 0
+                and x.shape[-2] * x.shape[-1] < 2**31
             ):
                 return _CompactMaxPool.apply(x, k)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
@@ -233,40 +237,58 @@ def rectified_max_pool(x: torch.Tensor, kernel_size: int, stride: int, padding: 
     return _RectifiedMaxPool.apply(x, kernel_size, stride, padding)
 
 
-def train_memory_efficiently(fishnet: nn.Module, *, refined_head_held: bool) -> None:
-    """Make a FishNet's training memory-efficient, in place.
+def train_memory_efficiently(fishnet: nn.Module, *, held_features: Sequence[str], refined_head: str) -> None:
+    """Make a FishNet's training memory-efficient, in place; ``held_features``: the features its
+    caller holds (its out_features), ``refined_head``: the name of the first head stage's
+    refinement. Stages that recompute in the backward pass (activation checkpointing) keep
+    nothing of their own, and are left as they are: their memory-efficient paths would cost time
+    and save nothing.
 
     Blocks with FrozenBN norms keep their convolutions' weights, not the copies with a norm
     folded in (:func:`lean_conv`; at the lowest resolutions the copies are as large as the
-    activations). Pre-activations keep their input where it is kept anyway: the first block of each run of
-    residual blocks (and its projection shortcut) reads a map that another stage reads too, or
-    that the caller holds (a head feature). The first head stage's refinement is the exception:
-    its input, the last body stage's output, has no other reader.
+    activations). Pre-activations keep their input where it is kept anyway: the first block of
+    each run of residual blocks (and its projection shortcut) reads a map that another stage
+    reads too, or that the caller holds (a feature). The first head stage's refinement is the
+    exception: its input, the last body stage's output, has no other reader.
 
     After that first block, identity-shortcut blocks recover their inputs from their outputs in
     the backward pass (:mod:`~fishnet_d2.modeling.reversible`): each keeps a third of what it
     kept, for its 1x1 conv3 run again, and the run keeps its output. That pays where the run's
-    output is held anyway (``refined_head_held``: the first head stage's refinement is a
-    requested feature), or where at least 3 blocks recover (the output kept for them costs one
-    block's activation); with 1 or 2 blocks and an output nobody holds it would save nothing.
-    Only up to ``MAX_RECOVERED_WIDTH`` channels: conv3 costs ``C / 4`` multiply-adds per value
-    not kept, which at FishNet-150's 1600-wide head5 refinement is more time per MB than
-    checkpointing a stage costs (docs/performance.md).
+    output is held anyway (the first head stage's refinement, when requested; a transfer run's,
+    in its stage's concatenation, when that is held), or where at least 3 blocks recover (the
+    output kept for them costs one block's activation); with 1 or 2 blocks and an output nobody
+    holds it would save nothing. Only up to ``MAX_RECOVERED_WIDTH`` channels: conv3 costs
+    ``C / 4`` multiply-adds per value not kept, which at FishNet-150's 1600-wide head5 refinement
+    is more time per MB than checkpointing a stage costs (docs/performance.md).
 
     The stem pools before its last ReLU (:func:`rectified_max_pool`). Each ``nn.MaxPool2d``
     becomes a :class:`CompactMaxPool2d` with its arguments (pools hold no state: the state_dict
     is unchanged)."""
-    fishnet.stem.pool_before_relu = True
-    refined_head = fishnet.head[0].refine if len(fishnet.head) else None
-    for m in fishnet.modules():
-        if hasattr(m, "keep_less"):
-            m.keep_less = True
+    alone = fishnet.head[0].refine if len(fishnet.head) else None  # reads the last body stage's output
+
+    def keeps_input(stage: nn.Module) -> bool:
+        return stage.recompute_in_backward or (len(stage.refine) > 0 and stage.refine is not alone)
+
+    # Who reads each refinement stage's output (its concatenation) besides the caller.
+    parts = [list(fishnet.body), list(fishnet.head)]
+    next_reader = {s: n for part in parts for s, n in zip(part, part[1:])}
+    if len(fishnet.body) and len(fishnet.head):
+        next_reader[fishnet.body[-1]] = fishnet.head[0]
+
     for stage in fishnet.stages():
+        if stage.recompute_in_backward:
+            continue
+        for m in stage.modules():
+            if hasattr(m, "keep_less"):
+                m.keep_less = True
+        concat_held = stage.name in held_features or (
+            stage in next_reader and keeps_input(next_reader[stage])
+        )
         for part in ("blocks", "refine", "transfer"):
             blocks = getattr(stage, part, None)
-            if not hasattr(blocks, "recover_from") or not len(blocks):
+            if not isinstance(blocks, nn.Sequential) or not hasattr(blocks, "recover_from") or not len(blocks):
                 continue
-            input_held = blocks is not refined_head
+            input_held = blocks is not alone
             if input_held:
                 for m in blocks[0].modules():
                     if hasattr(m, "recompute_activation"):
@@ -276,18 +298,21 @@ def train_memory_efficiently(fishnet: nn.Module, *, refined_head_held: bool) -> 
                 start -= 1
             if blocks[-1].out_channels > MAX_RECOVERED_WIDTH:
                 start = len(blocks)
-            output_held = blocks is refined_head and refined_head_held
+            blocks.output_in_concat = part == "transfer" and concat_held
+            output_held = blocks.output_in_concat or (blocks is alone and refined_head in held_features)
             if len(blocks) - start >= (1 if output_held else 3):
                 blocks.recover_from = start
-    for parent in list(fishnet.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.MaxPool2d:
-                pool = CompactMaxPool2d(
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    child.dilation,
-                    return_indices=child.return_indices,
-                    ceil_mode=child.ceil_mode,
-                )
-                setattr(parent, name, pool)
+        if stage is fishnet.stem:
+            stage.pool_before_relu = True
+        for parent in list(stage.modules()):
+            for name, child in parent.named_children():
+                if type(child) is nn.MaxPool2d:
+                    pool = CompactMaxPool2d(
+                        child.kernel_size,
+                        child.stride,
+                        child.padding,
+                        child.dilation,
+                        return_indices=child.return_indices,
+                        ceil_mode=child.ceil_mode,
+                    )
+                    setattr(parent, name, pool)

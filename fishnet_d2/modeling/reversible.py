@@ -95,7 +95,9 @@ class _RecoveredBlocks(torch.autograd.Function):
     ``a2`` and ``a3``; the backward pass recovers each block's input from its output."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, conv2_args: Sequence[Conv2Args], *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, prefix: Optional[torch.Tensor], conv2_args: Sequence[Conv2Args], *tensors: torch.Tensor
+    ) -> torch.Tensor:
         kept: List[torch.Tensor] = []
         for b, args in zip(_chunks(tensors, FoldedBlock), conv2_args):
             # The default path's operations, in its order (PreActBottleneck.forward): same values.
@@ -105,6 +107,9 @@ class _RecoveredBlocks(torch.autograd.Function):
             out += x
             kept += [a2, a3]
             x = out
+        if prefix is not None:  # the output as the stage's concatenation (held by its readers)
+            x = torch.cat([prefix, x], dim=1)
+        ctx.prefix_channels = 0 if prefix is None else prefix.shape[1]
         ctx.conv2_args = conv2_args
         ctx.num_tensors = len(tensors)
         ctx.save_for_backward(x, *tensors, *kept)
@@ -113,9 +118,13 @@ class _RecoveredBlocks(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         out, *saved = ctx.saved_tensors
+        grad_prefix = None
+        if ctx.prefix_channels:  # the concatenation's backward: its parts' gradients
+            grad_prefix, grad = grad[:, : ctx.prefix_channels], grad[:, ctx.prefix_channels :]
+            out = out[:, ctx.prefix_channels :]
         blocks = _chunks(saved[: ctx.num_tensors], FoldedBlock)
         kept = _chunks(saved[ctx.num_tensors :], _Kept)
-        needs_grad = _chunks(ctx.needs_input_grad[2:], FoldedBlock)
+        needs_grad = _chunks(ctx.needs_input_grad[3:], FoldedBlock)
         block_grads = []
         steps = list(zip(blocks, ctx.conv2_args, kept, needs_grad))
         for b, args, (a2, a3), needs in reversed(steps):
@@ -149,7 +158,7 @@ class _RecoveredBlocks(torch.autograd.Function):
             if grad_w2 is not None:
                 grad_w2 = grad_w2 * _per_output(b.scale3, b.conv2_weight)
             block_grads.append(FoldedBlock(grad_w1, grad_w2, grad_w3, *[None] * 6))
-        return (grad, None, *[g for grads in reversed(block_grads) for g in grads])
+        return (grad, grad_prefix, None, *[g for grads in reversed(block_grads) for g in grads])
 
 
 class _Kept(NamedTuple):
@@ -165,8 +174,18 @@ def _chunks(values: Sequence, record: type) -> list:
     return [record(*values[k : k + size]) for k in range(0, len(values), size)]
 
 
-def recovering_blocks(x: torch.Tensor, blocks: Sequence[FoldedBlock], conv2_args: Sequence[Conv2Args]) -> torch.Tensor:
+def recovering_blocks(
+    x: torch.Tensor,
+    blocks: Sequence[FoldedBlock],
+    conv2_args: Sequence[Conv2Args],
+    *,
+    prefix: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """``x`` through a run of identity-shortcut blocks (their tensors ``blocks``), recovering each
-    block's input from its output in the backward pass instead of keeping its activation."""
+    block's input from its output in the backward pass instead of keeping its activation.
+
+    ``prefix``: return ``torch.cat([prefix, output], dim=1)`` instead (a refinement stage's output,
+    held by the stages that read it), and find the output in it in the backward pass instead of
+    keeping it apart."""
     flat = [t for b in blocks for t in b]
-    return _RecoveredBlocks.apply(x, tuple(conv2_args), *flat)
+    return _RecoveredBlocks.apply(x, prefix, tuple(conv2_args), *flat)

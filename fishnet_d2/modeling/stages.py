@@ -4,7 +4,7 @@ Each stage knows its output ``level`` (stride ``2**level``) and the ``name`` of 
 both given by the FishNet that builds it (from its FishNetArch).
 """
 
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,13 +71,15 @@ class ResidualBlocks(nn.Sequential):
 
     ``recover_from = k`` (set by FishNet's ``memory_efficient``; default ``len(self)``, none):
     in training, blocks ``k`` and after (:meth:`PreActBottleneck.is_reversible`), when their norms
-    are FrozenBN, recover their inputs from their outputs in the
-    backward pass instead of keeping their activations
-    (:func:`~fishnet_d2.modeling.reversible.recovering_blocks`)."""
+    are FrozenBN, recover their inputs from their outputs in the backward pass instead of keeping
+    their activations (:func:`~fishnet_d2.modeling.reversible.recovering_blocks`). With
+    ``output_in_concat`` (a transfer run whose stage's output is held), they recover the run's
+    output from :meth:`cat_after`'s concatenation instead of keeping it."""
 
     def __init__(self, *blocks: nn.Module):
         super().__init__(*blocks)
         self.recover_from = len(blocks)
+        self.output_in_concat = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -87,9 +89,18 @@ class ResidualBlocks(nn.Sequential):
             x = block(x)
         return x
 
+    def cat_after(self, prefix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``torch.cat([prefix, self(x)], dim=1)``: a refinement stage's output, ``x`` its lateral."""
+        if not torch.jit.is_scripting():
+            if self.output_in_concat and self.recover_from < len(self) and saves_memory():
+                if not torch.is_autocast_enabled(x.device.type):
+                    return self.forward_recovering_inputs(x, prefix)
+        return torch.cat([prefix, self.forward(x)], dim=1)
+
     @torch.jit.unused
-    def forward_recovering_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` in memory-efficient training: the same values."""
+    def forward_recovering_inputs(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`forward` (or :meth:`cat_after` with ``prefix``) in memory-efficient training: the
+        same values."""
         blocks = list(self)
         for block in blocks[: self.recover_from]:
             x = block(x)
@@ -97,9 +108,9 @@ class ResidualBlocks(nn.Sequential):
         if not all(block.frozen_norms for block in recovering):  # trainable norms: not affines
             for block in recovering:
                 x = block(x)
-            return x
+            return x if prefix is None else torch.cat([prefix, x], dim=1)
         tensors, conv2_args = zip(*(block.folded_tensors() for block in recovering))
-        return recovering_blocks(x, tensors, conv2_args)
+        return recovering_blocks(x, tensors, conv2_args, prefix=prefix)
 
 
 def residual_blocks(
@@ -403,7 +414,7 @@ class UpRefinementStage(RefinementStage):
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(self.refine(x), scale_factor=2.0, mode="nearest")
-        return torch.cat([up, self.transfer(lateral)], dim=1)
+        return self.transfer.cat_after(up, lateral)
 
 
 class DownRefinementStage(RefinementStage):
@@ -463,4 +474,4 @@ class DownRefinementStage(RefinementStage):
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         refined = self.refine(x)
-        return refined, torch.cat([self.down(refined), self.transfer(lateral)], dim=1)
+        return refined, self.transfer.cat_after(self.down(refined), lateral)
