@@ -133,23 +133,39 @@ class _CompactMaxPool(torch.autograd.Function):
         rows = _rows(offset, k, width)
         ctx.save_for_backward(offset.sub_(rows.mul_(width - k)).to(torch.uint8))
         ctx.k = k
-        ctx.size = x.shape[-2:]
-        # The plain max-pool's backward gives the input's memory format, whatever grad_out's.
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        _remember_input(ctx, x)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (in_window,) = ctx.saved_tensors
-        k, (height, width) = ctx.k, ctx.size
+        k, width = ctx.k, ctx.input_shape[-1]
         in_window = in_window.long()
         indices = in_window.add_(_rows(in_window, k, k).mul_(width - k)).add_(_window_starts(grad_out, k, width))
         # Every input position is in exactly one window: it gets its window's gradient where it
-        # was the maximum, 0 elsewhere, as max-pool's backward gives.
+        # was the maximum, 0 elsewhere, as max-pool's backward gives (without the input-sized
+        # stand-in that max-pool's own backward would take).
         grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
-        grad_in = F.max_unpool2d(grad_out, indices, k, k, output_size=(height, width))
+        grad_in = F.max_unpool2d(grad_out, indices, k, k, output_size=ctx.input_shape[-2:])
         return grad_in.contiguous(memory_format=ctx.memory_format), None
+
+
+def _remember_input(ctx, x: torch.Tensor) -> None:
+    """What a max-pool's backward needs of its input: its shape and memory format."""
+    ctx.input_shape = x.shape
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _max_pool_backward(ctx, grad_out, indices, kernel_size, stride, padding) -> torch.Tensor:
+    """The default max-pool's backward (the same kernel: the same gradient, in the input's
+    memory format), from int64 ``indices`` in the input plane. The kernel reads only the input's
+    shape and memory format, which an empty tensor gives; it is allocated though, an input-sized
+    map (the stem's pool runs last in the backward pass, when little else is alive)."""
+    like = torch.empty(ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=ctx.memory_format)
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_out, like, kernel_size, stride, padding, [1, 1], False, indices
+    )
 
 
 def _window_starts(out: torch.Tensor, k: int, width: int) -> torch.Tensor:
@@ -207,9 +223,7 @@ class _RectifiedMaxPool(torch.autograd.Function):
         # Positions in the input plane; int32 holds them below 2**31 (any image that fits memory).
         ctx.save_for_backward(out, indices.to(torch.int32) if x.shape[-2] * x.shape[-1] < 2**31 else indices)
         ctx.pool = ([kernel_size] * 2, [stride] * 2, [padding] * 2)
-        ctx.input_shape = x.shape
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        _remember_input(ctx, x)
         return out
 
     @staticmethod
@@ -219,14 +233,7 @@ class _RectifiedMaxPool(torch.autograd.Function):
         # ReLU's backward first: its output is the pool's, and where it is 0 no gradient passes
         # (the default path's max-pool sends it to a position whose ReLU then stops it).
         grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)
-        # The max-pool's own backward reads only the input's size and memory format.
-        like = torch.empty(
-            ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=ctx.memory_format
-        )
-        grad_in = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_out, like, kernel_size, stride, padding, [1, 1], False, indices.long()
-        )
-        return grad_in, None, None, None
+        return _max_pool_backward(ctx, grad_out, indices.long(), kernel_size, stride, padding), None, None, None
 
 
 def rectified_max_pool(x: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:

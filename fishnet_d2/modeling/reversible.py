@@ -9,7 +9,8 @@ A pre-activation block with an identity shortcut computes ``x_{l+1} = x_l + conv
 ``x_l = x_{l+1} - conv3(a3_l)``: one 1x1 convolution, the cheapest of the block's three, instead
 of keeping a full-width map. A run of such blocks keeps its output and each block's ``a2`` and
 ``a3``, and walks back through the blocks in the backward pass. The run's output is kept anyway
-where the caller holds it (the head's stride-4 feature), else it costs one map for the run.
+where the caller holds it (the head's stride-4 feature) or where it is part of a concatenation
+that is held (a transfer run's, in its stage's output); else it costs one map for the run.
 
 The recovered ``x_l`` equals the forward's up to the rounding of one subtraction. The outputs
 are the default path's, bit for bit; in float64 the gradients are the default path's to ~1e-15
@@ -43,7 +44,7 @@ class FoldedBlock(NamedTuple):
 
 
 class Conv2Args(NamedTuple):
-    """conv2's stride (1: an identity shortcut), padding, dilation and groups."""
+    """conv2's padding, dilation and groups (its stride is 1: the block keeps the resolution)."""
 
     padding: Tuple[int, int]
     dilation: Tuple[int, int]
@@ -129,7 +130,8 @@ class _RecoveredBlocks(torch.autograd.Function):
         steps = list(zip(blocks, ctx.conv2_args, kept, needs_grad))
         for b, args, (a2, a3), needs in reversed(steps):
             # The block's input, from its output: x_l = x_{l+1} - conv3(a3), in conv3's buffer.
-            x = F.conv2d(a3, b.conv3_weight).neg_().add_(out)
+            x = F.conv2d(a3, b.conv3_weight)
+            torch.sub(out, x, out=x)
             out = None  # the last block's output stays in ctx; the others' go now
             grad_a3, grad_w3 = _conv_backward(grad, a3, b.conv3_weight, None, need_weight=needs.conv3_weight)
             grad_z2 = torch.ops.aten.threshold_backward(grad_a3, a3, 0)
@@ -150,7 +152,7 @@ class _RecoveredBlocks(torch.autograd.Function):
             # the identity shortcut's gradient; in place, the same values.
             torch.ops.aten.threshold_backward.grad_input(grad_a1, a1, 0, grad_input=grad_a1)
             del a1
-            grad = grad_a1.mul_(_per_channel(b.scale1, grad_a1)).add_(grad)
+            grad = torch.addcmul(grad, grad_a1, _per_channel(b.scale1, grad_a1), out=grad_a1)
             del grad_a1
             # The folded weights' products, backward as autograd's: times the other factor.
             if grad_w1 is not None:
