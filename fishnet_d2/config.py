@@ -44,10 +44,12 @@ def add_fishnet_config(cfg: CN) -> None:
     # list of names and choices. docs/performance.md measures the memory and time of each choice.
     # None (not False) by default so that a YAML file or merge_from_list may set any of these.
     _C.MODEL.FISHNET.CHECKPOINT = None
-    # Memory-efficient training: keep less for the backward pass, recomputing only elementwise
-    # operations (no convolution runs twice): FrozenBN pre-activations keep their input instead
-    # of their activation, max-pools one byte per output. Same outputs and gradients; adds to
-    # CHECKPOINT. docs/performance.md measures its memory and time.
+    # Memory-efficient training: keep less for the backward pass, recomputing elementwise
+    # operations and, in runs of FrozenBN blocks that recover their inputs from their outputs,
+    # one 1x1 convolution per block: FrozenBN pre-activations keep their input where it is kept
+    # anyway, blocks their unfolded weights, max-pools one byte per output. The same outputs; the
+    # same gradients up to rounding (tested in float64). Adds to CHECKPOINT. docs/performance.md
+    # says what each part keeps, and measures its memory and time.
     _C.MODEL.FISHNET.MEMORY_EFFICIENT = False
     # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
     # run fastest on. The features keep that format (same shapes), so the FPN and heads on them

@@ -75,8 +75,10 @@ def test_ratios_are_medians_of_paired_rounds():
         "FishNet-150 ckpt stem+tail+bridge+body4+body3": result([2.2, 9.9, 3.0], memory=400),
         "FishNet-150 compiled": result([1.6, 7.0, 3.6]),
     }
-    out = {r["label"]: r["value"] for r in ratios(results)}
+    measured = {r["label"]: r for r in ratios(results)}
+    out = {label: r["value"] for label, r in measured.items()}
     assert out["FishNet-150 / R-101, backbone fwd+bwd time"] == pytest.approx(0.9)  # 1.0, 0.9, 0.75
+    assert measured["FishNet-150 / R-101, backbone fwd+bwd time"]["range"] == pytest.approx([0.75, 1.0])
     assert out["FishNet-150 plain / FishNet-150, backbone fwd+bwd time"] == pytest.approx(1.4)  # 1.5, 1.0, 1.4
     assert out["FishNet-150 ckpt / FishNet-150, backbone fwd+bwd time"] == pytest.approx(1.1)
     assert out["FishNet-150 ckpt / FishNet-150, backbone training peak memory"] == pytest.approx(0.5)

@@ -1,18 +1,22 @@
-"""Memory-efficient training (``MODEL.FISHNET.MEMORY_EFFICIENT``): the same outputs and gradients
-as the plain path, with less kept for the backward pass and no convolution run twice.
+"""Memory-efficient training (``MODEL.FISHNET.MEMORY_EFFICIENT``): the same outputs as the plain
+path, and the same gradients up to rounding, with less kept for the backward pass.
 
 - A pre-activation ``conv(relu(affine(x)))`` of a FrozenBN (an affine) keeps its input ``x``
   instead of ``relu(affine(x))`` and recomputes the affine and ReLU in the backward pass
   (:func:`lean_conv`). Where ``x`` is kept anyway, the activation is kept once instead of once
   per reader: a stage's input read by its first block, the block's projection shortcut and a
   transfer block of a later part; a head feature the caller holds read by the next head stage.
-- In those blocks, a convolution with a FrozenBN folded into it keeps its weight, not the folded
-  copy, and folds again in the backward pass (one pass over the weight).
+- A convolution with a FrozenBN folded into it keeps its weight, not the folded copy, and folds
+  again in the backward pass (one pass over the weight).
 - A max-pool whose windows tile its input keeps the position of each maximum in its window, one
-  byte (:class:`CompactMaxPool2d`), instead of its input and int64 indices.
+  byte (:class:`CompactMaxPool2d`), instead of its input and int64 indices; the stem's ReLU and
+  overlapping max-pool keep their output and int32 positions (:func:`rectified_max_pool`).
+- Runs of identity-shortcut blocks recover their inputs from their outputs
+  (:mod:`~fishnet_d2.modeling.reversible`), running each block's 1x1 conv3 again.
 
-Neither runs when it cannot matter or would get in the way: without gradients, while tracing,
-scripting (TorchScript compiles the plain path) or compiling (:func:`saves_memory`).
+:func:`train_memory_efficiently` decides where each applies. None runs when it cannot matter or
+would get in the way: without gradients, while tracing, scripting (TorchScript compiles the plain
+path) or compiling (:func:`saves_memory`).
 """
 
 from typing import List, Optional, Sequence, Tuple

@@ -82,7 +82,8 @@ def summarize(times: List[float]) -> Dict[str, float]:
 
 def ratios(results: Dict[str, dict]) -> List[dict]:
     """The ratios of :data:`RATIOS` for the models that were measured. Times: the median over
-    rounds of each round's ratio (both models measured in the same round, under the same load)."""
+    rounds of each round's ratio (both models measured in the same round, under the same load),
+    and the range of those ratios."""
     out = []
     for num, den, measure in RATIOS:
         if num not in results or den not in results:
@@ -92,13 +93,19 @@ def ratios(results: Dict[str, dict]) -> List[dict]:
             a, b = results[num]["memory"].get(kind), results[den]["memory"].get(kind)
             if a is None or b is None:
                 continue
-            value = a / b
+            out.append({"label": f"{num} / {den}, {_LABELS[measure]}", "value": a / b})
         else:
             a, b = results[num]["times"].get(measure), results[den]["times"].get(measure)
             if not a or not b:
                 continue
-            value = statistics.median(x / y for x, y in zip(a, b))
-        out.append({"label": f"{num} / {den}, {_LABELS[measure]}", "value": value})
+            paired = [x / y for x, y in zip(a, b)]
+            out.append(
+                {
+                    "label": f"{num} / {den}, {_LABELS[measure]}",
+                    "value": statistics.median(paired),
+                    "range": [min(paired), max(paired)],
+                }
+            )
     return out
 
 
@@ -161,8 +168,10 @@ def markdown(report: dict, static_shown: Sequence[str] = ()) -> str:
             f"| {_fmt(m.get('inference'), 2**20, 0)} |"
         )
     if report["ratios"]:
-        lines += ["", "| ratio (median of the rounds' ratios) | measured |", "|---|---|"]
-        lines += [f"| {r['label']} | {r['value']:.3f} |" for r in report["ratios"]]
+        lines += ["", "| ratio (median of the rounds' ratios) | measured | rounds' range |", "|---|---|---|"]
+        for r in report["ratios"]:
+            spread = "-" if "range" not in r else f"{r['range'][0]:.3f}-{r['range'][1]:.3f}"
+            lines.append(f"| {r['label']} | {r['value']:.3f} | {spread} |")
     return "\n".join(lines) + "\n"
 
 
