@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["saves_memory", "lean_conv", "CompactMaxPool2d", "rectified_max_pool", "train_memory_efficiently"]
+__all__ = ["saves_memory", "affine_relu", "lean_conv", "CompactMaxPool2d", "rectified_max_pool", "train_memory_efficiently"]
 
 
 def saves_memory() -> bool:
@@ -46,7 +46,7 @@ class _LeanConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, shift, weight, weight_scale, bias, stride, padding, dilation, groups):
-        activation = x if scale is None else _activation(x, scale, shift)
+        activation = x if scale is None else affine_relu(x, scale, shift)
         folded = weight if weight_scale is None else weight * weight_scale
         out = F.conv2d(activation, folded, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(x, scale, shift, weight, weight_scale)
@@ -58,7 +58,7 @@ class _LeanConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, scale, shift, weight, weight_scale = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
-        activation = x if scale is None else _activation(x, scale, shift)
+        activation = x if scale is None else affine_relu(x, scale, shift)
         folded = weight if weight_scale is None else weight * weight_scale
         need_x, _, _, need_weight, _, need_bias = ctx.needs_input_grad[:6]
         # Under autocast the convolution ran in grad_out's dtype (as its backward does).
@@ -87,8 +87,9 @@ class _LeanConv(torch.autograd.Function):
         return grad_x, None, None, grad_weight, None, grad_bias, None, None, None, None
 
 
-def _activation(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    # The plain path's FrozenBN in training (FusedFrozenBatchNorm2d: one multiply-add) and ReLU.
+def affine_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``relu(x * scale + shift)`` (``scale`` and ``shift`` shaped to broadcast per channel): the
+    plain path's FrozenBN in training (FusedFrozenBatchNorm2d: one multiply-add), then its ReLU."""
     return torch.addcmul(shift, x, scale).relu_()
 
 
@@ -297,7 +298,7 @@ def train_memory_efficiently(fishnet: nn.Module, *, held_features: Sequence[str]
         )
         for part in ("blocks", "refine", "transfer"):
             blocks = getattr(stage, part, None)
-            if not isinstance(blocks, nn.Sequential) or not hasattr(blocks, "recover_from") or not len(blocks):
+            if not hasattr(blocks, "recover_from") or not len(blocks):  # a ResidualBlocks with blocks
                 continue
             input_held = blocks is not alone
             if input_held:

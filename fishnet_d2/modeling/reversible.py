@@ -24,6 +24,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .memory import affine_relu
+
 __all__ = ["FoldedBlock", "recovering_blocks"]
 
 
@@ -55,21 +57,21 @@ def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1, 1, 1).to(like.dtype)
 
 
-def _per_output(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, 1, 1, 1).to(weight.dtype)
+def _folded(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A conv weight with the FrozenBN after it folded in (FusedFrozenBatchNorm2d.fold_into)."""
+    return weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype)
 
 
 def _pre_activation(x: torch.Tensor, b: FoldedBlock) -> torch.Tensor:
-    # FusedFrozenBatchNorm2d in training (one multiply-add), then the ReLU in place.
-    return torch.addcmul(_per_channel(b.shift1, x), x, _per_channel(b.scale1, x)).relu_()
+    return affine_relu(x, _per_channel(b.scale1, x), _per_channel(b.shift1, x))
 
 
 def _conv1(a1: torch.Tensor, b: FoldedBlock) -> torch.Tensor:
-    return F.conv2d(a1, b.conv1_weight * _per_output(b.scale2, b.conv1_weight), b.shift2.to(a1.dtype))
+    return F.conv2d(a1, _folded(b.conv1_weight, b.scale2), b.shift2.to(a1.dtype))
 
 
 def _conv2(a2: torch.Tensor, b: FoldedBlock, args: Conv2Args) -> torch.Tensor:
-    weight = b.conv2_weight * _per_output(b.scale3, b.conv2_weight)
+    weight = _folded(b.conv2_weight, b.scale3)
     return F.conv2d(a2, weight, b.shift3.to(a2.dtype), 1, args.padding, args.dilation, args.groups)
 
 
@@ -136,7 +138,7 @@ class _RecoveredBlocks(torch.autograd.Function):
             grad_a3, grad_w3 = _conv_backward(grad, a3, b.conv3_weight, None, need_weight=needs.conv3_weight)
             grad_z2 = torch.ops.aten.threshold_backward(grad_a3, a3, 0)
             del grad_a3
-            w2 = b.conv2_weight * _per_output(b.scale3, b.conv2_weight)
+            w2 = _folded(b.conv2_weight, b.scale3)
             grad_a2, grad_w2 = _conv_backward(grad_z2, a2, w2, args, need_weight=needs.conv2_weight)
             del grad_z2
             grad_z1 = torch.ops.aten.threshold_backward(grad_a2, a2, 0)
@@ -145,7 +147,7 @@ class _RecoveredBlocks(torch.autograd.Function):
             if b is not blocks[0]:
                 out = x  # the previous block's output
             del x
-            w1 = b.conv1_weight * _per_output(b.scale2, b.conv1_weight)
+            w1 = _folded(b.conv1_weight, b.scale2)
             grad_a1, grad_w1 = _conv_backward(grad_z1, a1, w1, None, need_weight=needs.conv1_weight)
             del grad_z1
             # The ReLU's backward (its output's threshold, as autograd's) and the affine's, plus
@@ -156,9 +158,9 @@ class _RecoveredBlocks(torch.autograd.Function):
             del grad_a1
             # The folded weights' products, backward as autograd's: times the other factor.
             if grad_w1 is not None:
-                grad_w1 = grad_w1 * _per_output(b.scale2, b.conv1_weight)
+                grad_w1 = _folded(grad_w1, b.scale2)
             if grad_w2 is not None:
-                grad_w2 = grad_w2 * _per_output(b.scale3, b.conv2_weight)
+                grad_w2 = _folded(grad_w2, b.scale3)
             block_grads.append(FoldedBlock(grad_w1, grad_w2, grad_w3, *[None] * 6))
         return (grad, grad_prefix, None, *[g for grads in reversed(block_grads) for g in grads])
 

@@ -83,7 +83,7 @@ class ResidualBlocks(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if self.recover_from < len(self) and saves_memory() and not torch.is_autocast_enabled(x.device.type):
+            if self.recovers(x):
                 return self.forward_recovering_inputs(x)
         for block in self:
             x = block(x)
@@ -92,10 +92,15 @@ class ResidualBlocks(nn.Sequential):
     def cat_after(self, prefix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``torch.cat([prefix, self(x)], dim=1)``: a refinement stage's output, ``x`` its lateral."""
         if not torch.jit.is_scripting():
-            if self.output_in_concat and self.recover_from < len(self) and saves_memory():
-                if not torch.is_autocast_enabled(x.device.type):
-                    return self.forward_recovering_inputs(x, prefix)
+            if self.output_in_concat and self.recovers(x):
+                return self.forward_recovering_inputs(x, prefix)
         return torch.cat([prefix, self.forward(x)], dim=1)
+
+    @torch.jit.unused
+    def recovers(self, x: torch.Tensor) -> bool:
+        """Whether blocks recover their inputs in this call: some were chosen to, and it records
+        gradients outside autocast (float16 would round the recovered inputs too coarsely)."""
+        return self.recover_from < len(self) and saves_memory() and not torch.is_autocast_enabled(x.device.type)
 
     @torch.jit.unused
     def forward_recovering_inputs(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
