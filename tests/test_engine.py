@@ -9,13 +9,15 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import annotations_to_instances
-from detectron2.engine import default_argument_parser
+from detectron2.engine import DefaultTrainer, default_argument_parser
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.structures import Instances
 
 from fishnet_d2.apps.data import register_synthetic_shapes
 from fishnet_d2.engine import Trainer, launch, main, setup
+from fishnet_d2.engine.trainer import ddp_arguments
 from fishnet_d2.evaluation import build_evaluator, build_evaluators
+from fishnet_d2.weights.checkpointer import FishNetCheckpointer
 
 from .support import REPO, TINY_SHAPES, fishnet_cfg, shrink_config, tiny_mask_rcnn_cfg
 
@@ -217,3 +219,33 @@ def test_trainer_warns_before_training_frozen_batchnorm_from_scratch(shapes, tmp
     if warns:
         assert "MODEL.FISHNET.NORM FrozenBN and no MODEL.WEIGHTS" in logged[0]
         assert "MODEL.FISHNET.NORM BN, SyncBN or GN" in logged[0]
+
+
+def test_trainer_builds_what_defaulttrainer_builds(shapes, tmp_path):
+    """Trainer.__init__ runs DefaultTrainer.__init__'s steps itself (DefaultTrainer's would wrap a
+    CPU model in DistributedDataParallel with device ids, which torch refuses): the trainer has
+    the attributes, inner trainer, model type and hooks of Detectron2's own, and its checkpointer
+    is a FishNetCheckpointer of its model. A change in Detectron2's __init__ shows here."""
+    _, names = shapes
+    cfg = tiny_mask_rcnn_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["train"],), ()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    detectron2_trainer, trainer = DefaultTrainer(cfg), Trainer(cfg)
+
+    assert vars(trainer).keys() == vars(detectron2_trainer).keys()
+    assert type(trainer._trainer) is type(detectron2_trainer._trainer)
+    assert vars(trainer._trainer).keys() == vars(detectron2_trainer._trainer).keys()
+    assert type(trainer.model) is type(detectron2_trainer.model)
+    assert type(trainer.scheduler) is type(detectron2_trainer.scheduler)
+    assert (trainer.start_iter, trainer.max_iter) == (detectron2_trainer.start_iter, detectron2_trainer.max_iter)
+    assert isinstance(trainer.checkpointer, FishNetCheckpointer) and trainer.checkpointer.model is trainer.model
+    # Detectron2's hooks, in its order, with this package's among them
+    hooks = [type(hook) for hook in trainer._hooks]
+    detectron2_hooks = [type(hook) for hook in detectron2_trainer._hooks]
+    assert [hook for hook in hooks if hook in detectron2_hooks] == detectron2_hooks
+
+
+def test_ddp_arguments_give_cpu_models_no_device_ids():
+    assert ddp_arguments("cpu") == {"broadcast_buffers": False, "device_ids": None}
+    assert ddp_arguments("cuda") == {"broadcast_buffers": False}
+    assert ddp_arguments("cuda:0") == {"broadcast_buffers": False}

@@ -4,12 +4,14 @@ seed, and the training process's randomness is derived from (seed, rank, iterati
 process: interruptions by SIGTERM (a checkpoint at that iteration, exit status 75) and by a crash
 (resumed from the last periodic checkpoint), with data-loader workers and without."""
 
+import itertools
 import json
 import os
 import signal
 
 import pytest
 import torch
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
@@ -147,6 +149,36 @@ def test_loader_resumes_its_batches(names):
             second.load_state_dict(first.state_dict())
             batches = iter(second)
             assert [next(batches) for _ in range(12 - stop)] == expected[stop:], (rank, stop)
+
+
+@pytest.mark.parametrize("sampler", ["TrainingSampler", "RepeatFactorTrainingSampler"])
+def test_loader_order_is_detectron2_samplers(sampler):
+    """The order the loader's ranks share is that of Detectron2's sampler with the same seed (the
+    one build_detection_train_loader takes), over several epochs; with repeat factors, the
+    stochastic rounding repeats records."""
+    records = [{"width": 50, "height": 50, "id": i} for i in range(7)]
+    repeat_factors = torch.tensor([1.0, 2.5, 1.0, 1.3, 3.0, 1.0, 1.7]) if sampler == "RepeatFactorTrainingSampler" else None
+    make = lambda rank: ResumableTrainLoader(
+        records, lambda r: {"id": r["id"]}, batch_size=1, seed=5, rank=rank, world_size=2,
+        aspect_ratio_grouping=False, repeat_factors=repeat_factors,
+    )  # fmt: skip
+    shares = [[batch[0]["id"] for batch in itertools.islice(make(rank), 40)] for rank in (0, 1)]
+    order = [index for pair in zip(*shares) for index in pair]
+    detectron2 = TrainingSampler(7, seed=5) if repeat_factors is None else RepeatFactorTrainingSampler(repeat_factors, seed=5)
+    assert order == list(itertools.islice(iter(detectron2), 80))
+    repeated = max(order.count(i) for i in range(7)) - min(order.count(i) for i in range(7))
+    assert (repeated > 4) == (repeat_factors is not None), [order.count(i) for i in range(7)]
+
+
+def test_loader_in_a_process_group_is_for_the_process_rank(monkeypatch):
+    """Detectron2's samplers give the share of the process's rank: in a process group of 2 as rank
+    0, a loader for rank 1 is refused."""
+    monkeypatch.setattr("fishnet_d2.engine.data.comm.get_world_size", lambda: 2)
+    monkeypatch.setattr("fishnet_d2.engine.data.comm.get_rank", lambda: 0)
+    make = lambda rank: ResumableTrainLoader([{"id": 0}], lambda r: r, batch_size=1, seed=0, rank=rank, world_size=2, aspect_ratio_grouping=False)
+    assert make(0).rank == 0
+    with pytest.raises(ValueError, match="rank=1 of world_size=2: in a process group, a loader is for the process's rank, 0 of 2"):
+        make(1)
 
 
 def test_metrics_lose_the_iterations_to_run_again(tmp_path):

@@ -4,8 +4,10 @@ grouped by aspect ratio), as a loader that resumes at any iteration where it sto
 
 What a batch holds is a function of (seed, world size, rank, batch number) alone:
 
-* the order is Detectron2's: one permutation of the dataset per epoch from a generator seeded with
-  ``seed``, shared by all ranks, rank ``r`` of ``W`` taking positions ``r, r + W, r + 2W, ...``;
+* the order is that of Detectron2's own sampler, ``TrainingSampler`` or
+  ``RepeatFactorTrainingSampler`` seeded with ``seed`` (one shuffle of the dataset, or of its
+  repeats, per epoch), shared by all ranks, rank ``r`` of ``W`` taking positions
+  ``r, r + W, r + 2W, ...``;
 * batches of one aspect-ratio group (width > height or not), as ``AspectRatioGroupedDataset``
   makes them, computed from the records' ``width`` and ``height`` without loading images;
 * each image is mapped (read, augmented) with Python's, NumPy's and torch's random generators
@@ -24,14 +26,14 @@ import random
 import signal
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
-from detectron2.data.samplers import RepeatFactorTrainingSampler
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.utils import comm
 
 __all__ = ["ResumableTrainLoader", "build_resumable_train_loader", "derived_seed", "seed_all_rngs"]
@@ -141,6 +143,12 @@ class ResumableTrainLoader:
         """
         if batch_size < 1 or num_workers < 0 or not 0 <= rank < world_size:
             raise ValueError(f"batch_size={batch_size} (>= 1), num_workers={num_workers} (>= 0), rank={rank} of world_size={world_size}")
+        # Detectron2's samplers give the share of the process's rank in its process group.
+        if comm.get_world_size() > 1 and (rank, world_size) != (comm.get_rank(), comm.get_world_size()):
+            raise ValueError(
+                f"rank={rank} of world_size={world_size}: in a process group, a loader is for the process's "
+                f"rank, {comm.get_rank()} of {comm.get_world_size()} (Detectron2's samplers take it from there)"
+            )
         # Each record's aspect-ratio group (width > height), for batches grouped by it.
         self._wide: Optional[List[bool]] = None
         if aspect_ratio_grouping:
@@ -176,24 +184,20 @@ class ResumableTrainLoader:
 
     # ---- the order ----
 
-    def _order(self) -> Iterator[int]:
-        """Detectron2's infinite order of dataset indices, shared by all ranks."""
-        generator = torch.Generator()
-        generator.manual_seed(self.seed)
-        size = len(self.dataset.records)
-        while True:
-            if self.repeat_factors is None:
-                yield from torch.randperm(size, generator=generator).tolist()
-            else:  # RepeatFactorTrainingSampler._get_epoch_indices: stochastic rounding, then shuffle
-                integer = torch.trunc(self.repeat_factors)
-                fraction = self.repeat_factors - integer
-                counts = integer + (torch.rand(len(fraction), generator=generator) < fraction).float()
-                indices = torch.repeat_interleave(torch.arange(size), counts.long())
-                yield from indices[torch.randperm(len(indices), generator=generator)].tolist()
+    def _sampler(self) -> Union[TrainingSampler, RepeatFactorTrainingSampler]:
+        """Detectron2's sampler of the order, seeded with ``seed``: ``TrainingSampler``, or
+        ``RepeatFactorTrainingSampler`` (stochastic rounding of the repeat factors, then a shuffle)."""
+        if self.repeat_factors is None:
+            return TrainingSampler(len(self.dataset.records), seed=self.seed)
+        return RepeatFactorTrainingSampler(self.repeat_factors, seed=self.seed)
 
     def _samples(self) -> Iterator[Sample]:
-        """This rank's share of the order, with each sample's position in the whole order."""
-        for position, index in enumerate(self._order()):
+        """This rank's share of the order, with each sample's position in the whole order. The
+        sampler yields the positions ``r, r + W, ...`` of the process's rank ``r`` of ``W``: in a
+        process group this loader's own; alone, the whole order, of which this rank's are kept."""
+        start, step = comm.get_rank(), comm.get_world_size()
+        for k, index in enumerate(self._sampler()):
+            position = start + k * step
             if position % self.world_size == self.rank:
                 yield position, index
 

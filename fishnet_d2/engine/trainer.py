@@ -1,24 +1,21 @@
 """``Trainer``: Detectron2's ``DefaultTrainer`` with fishnet_d2's optimizer, evaluators and
 checkpointer, on CPU process groups too, and runs that resume where they stopped."""
 
-import contextlib
-import functools
 import json
 import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
-import detectron2.engine.defaults
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import HookBase, create_ddp_model
+from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
-from detectron2.utils.logger import log_first_n
+from detectron2.utils.logger import log_first_n, setup_logger
 
 from ..backports import DefaultTrainer
 from ..evaluation import build_evaluator
@@ -53,17 +50,39 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
-        # This class's scaling (also UNTIL_ITER); DefaultTrainer's own, which __init__ calls, then
-        # finds REFERENCE_WORLD_SIZE equal to the number of processes and changes nothing.
+        """The steps of ``DefaultTrainer.__init__`` (the same in Detectron2 v0.6 and main), in its
+        order, through the same overridable methods, with three differences: this class's
+        :meth:`auto_scale_workers`, the model wrapped with :func:`ddp_arguments` (no device ids
+        on CPU) and a :class:`FishNetCheckpointer`.
+
+        Detectron2 is the reason this does not call ``DefaultTrainer.__init__``: that wraps the
+        model with ``create_ddp_model(model, broadcast_buffers=False)``, which passes
+        ``device_ids=[local rank]``, and torch's DistributedDataParallel refuses device ids for
+        a CPU model (a ValueError). Between ``build_model`` and that call the model is a local
+        variable, so no overridable method can change how it is wrapped (a model already wrapped
+        by ``build_model`` is wrapped again, with the same error). tests/test_engine.py checks
+        that this builds what ``DefaultTrainer.__init__`` builds."""
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # as DefaultTrainer
+            setup_logger()
+        # This class's scaling, which also scales UNTIL_ITER.
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
-        with _ddp_on_cpu(cfg.MODEL.DEVICE):
-            super().__init__(cfg)
+        # DefaultTrainer's order: "Assume these objects must be constructed in this order."
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, **ddp_arguments(cfg.MODEL.DEVICE))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = FishNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> List[Optional[HookBase]]:
-        """DefaultTrainer's hooks, with its checkpointer replaced by a FishNetCheckpointer (this
-        runs once, at the end of ``DefaultTrainer.__init__``, after it made its own), and the
-        exact-resume and SIGTERM hooks (after the periodic checkpointer)."""
-        self.checkpointer = FishNetCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        """DefaultTrainer's hooks (their checkpoints by ``self.checkpointer``, a FishNetCheckpointer),
+        and the exact-resume and SIGTERM hooks (after the periodic checkpointer)."""
         hooks = super().build_hooks()
         loader = self.data_loader
         if isinstance(loader, ResumableTrainLoader):
@@ -157,22 +176,15 @@ class Trainer(DefaultTrainer):
         return OrderedDict((name + "_TTA", value) for name, value in results.items())
 
 
-@contextlib.contextmanager
-def _ddp_on_cpu(device: str) -> Iterator[None]:
-    """Inside: ``DefaultTrainer.__init__`` wraps a CPU model in DistributedDataParallel without
-    ``device_ids``. It calls ``detectron2.engine.defaults.create_ddp_model``, which always passes
-    ``device_ids=[local rank]``, and torch accepts device ids for GPU models only; this is the
-    one step of ``__init__`` that a CPU process group needs changed."""
-    if torch.device(device).type != "cpu" or comm.get_world_size() == 1:
-        yield
-        return
-    module = detectron2.engine.defaults
-    original = module.create_ddp_model
-    module.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
-    try:
-        yield
-    finally:
-        module.create_ddp_model = original
+def ddp_arguments(device: str) -> Dict[str, Any]:
+    """The keyword arguments of ``create_ddp_model`` for a model on ``device``: DefaultTrainer's
+    (``broadcast_buffers=False``) and, on CPU, ``device_ids=None``: ``create_ddp_model`` passes
+    ``device_ids=[local rank]`` otherwise, and torch's DistributedDataParallel accepts device ids
+    for GPU models only."""
+    arguments: Dict[str, Any] = {"broadcast_buffers": False}
+    if torch.device(device).type == "cpu":
+        arguments["device_ids"] = None
+    return arguments
 
 
 def drop_metrics_from(path: str, iteration: int) -> int:
