@@ -12,7 +12,12 @@ The public API, each name in ``__all__``:
 * ``build_fishnet_backbone``, ``build_fishnet_fpn_backbone``, ``build_retinanet_fishnet_fpn_backbone``:
   the registered builders a config names in ``MODEL.BACKBONE.NAME``: the FishNet alone, FPN
   P2-P6 on it (R-CNN), FPN P3-P7 on it (RetinaNet).
-* ``FishNet``: the backbone itself, a Detectron2 ``Backbone`` built from a ``FishNetArch``.
+* ``FishNet``: the backbone itself, a Detectron2 ``Backbone`` built from a ``FishNetArch``: the
+  network as the paper writes it.
+* ``optimize_fishnet(fishnet, ...)``: a built FishNet's modules substituted for the speed and
+  memory paths (FrozenBN folding, channels-last, activation checkpointing, memory-efficient
+  training, ``torch.compile``); ``build_fishnet(arch, ...)``: a FishNet with them, as the config's
+  builder makes it (LazyConfig files call it).
 * ``FishNetArch``: a FishNet's architecture (widths, blocks per stage, transfer blocks, dilations).
 * ``fishnet_arch(depth, **fields)``: the ``FishNetArch`` of FishNet-99/150/201, or with ``depth=0``
   of the custom architecture ``fields`` describe.
@@ -36,10 +41,12 @@ from .modeling import (
     FISHNEXT_VARIANTS,
     FishNet,
     FishNetArch,
+    build_fishnet,
     build_fishnet_backbone,
     build_fishnet_fpn_backbone,
     build_retinanet_fishnet_fpn_backbone,
     fishnet_arch,
+    optimize_fishnet,
 )
 from .version import __version__
 from .weights import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
@@ -55,6 +62,8 @@ __all__ = [
     "FishNet",
     "FishNetArch",
     "fishnet_arch",
+    "build_fishnet",
+    "optimize_fishnet",
     "FISHNET_VARIANTS",
     "FISHNEXT_VARIANTS",
     "FishNetCheckpointer",

@@ -51,6 +51,10 @@ def add_fishnet_config(cfg: CN) -> None:
     # same gradients up to rounding (tested in float64). Adds to CHECKPOINT. docs/performance.md
     # says what each part keeps, and measures its memory and time.
     _C.MODEL.FISHNET.MEMORY_EFFICIENT = False
+    # Compute FrozenBN in fewer passes over the activations: folded into the convolution before
+    # it (the convolution's weight scaled, its bias the norm's shift), else as one fused
+    # multiply-add. The same math. False: Detectron2's FrozenBatchNorm2d as it is.
+    _C.MODEL.FISHNET.FOLD_FROZEN_BN = True
     # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
     # run fastest on. The features keep that format (same shapes), so the FPN and heads on them
     # run in it too. False: the input's format (NCHW).

@@ -1,10 +1,11 @@
-"""FishNet's fast paths compute what the plain model computes: in-place pre-activations, fused
+"""FishNet's fast paths compute what the plain network computes: in-place pre-activations, fused
 FrozenBN, FrozenBN folded into the conv before it, channels-last memory format (weights too),
-activation checkpointing (MODEL.FISHNET.CHECKPOINT, each choice) and torch.compile. "The plain
-model" is a FishNet with the fast paths in question off (NCHW, nothing checkpointed, eager; for
-FrozenBN, torch's BatchNorm2d in eval mode with the same statistics: the same affine map, neither
-fused nor folded), or, for one block, the block written out here as the paper writes it. That the
-fast model is the official one is checked against the official code's outputs (tiny_golden.pt)."""
+activation checkpointing (MODEL.FISHNET.CHECKPOINT, each choice) and torch.compile, each a
+substitution of the network's modules (fishnet_d2.modeling.optimize). "The plain model" is a
+FishNet with the fast paths in question off (NCHW, nothing checkpointed, eager; for FrozenBN,
+torch's BatchNorm2d in eval mode with the same statistics: the same affine map, neither fused nor
+folded), or, for one block, the block written out here as the paper writes it. That the fast
+model is the official one is checked against the official code's outputs (tiny_golden.pt)."""
 
 from typing import Dict, Optional, Tuple
 
@@ -15,15 +16,21 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from fishnet_d2 import FishNet
+from fishnet_d2 import FishNet, build_fishnet, optimize_fishnet
 from fishnet_d2.modeling.blocks import (
     ChannelSumReduction,
     ConvNormReLU,
-    FusedFrozenBatchNorm2d,
     GroupedPreActBottleneck,
     PreActBottleneck,
     PreActProjection,
     ScoreUnit,
+)
+from fishnet_d2.modeling.optimize.folding import (
+    FoldedConvNormReLU,
+    FoldedPreActBottleneck,
+    FoldedScoreUnit,
+    FusedFrozenBatchNorm2d,
+    fold_frozen_batchnorm,
 )
 from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
@@ -56,20 +63,21 @@ def flat(grads: Dict[str, torch.Tensor], names=None) -> torch.Tensor:
     return torch.cat([grads[name].flatten() for name in (grads if names is None else names)])
 
 
-# A FishNet's constructor options that switch fast paths off (activation checkpointing and
-# compilation are off by default); FrozenBN's fusing and folding: `plain_norm="BN"`, in eval mode.
-NO_FAST_PATH = {"channels_last": False}
+# build_fishnet's options that switch fast paths off (activation checkpointing and compilation
+# are off by default); FrozenBN's fusing and folding also by `plain_norm="BN"`, in eval mode.
+NO_FAST_PATH = {"channels_last": False, "fold_frozen_bn": False}
 
 
 def twin_models(
     norm: str, *, plain: Optional[Dict] = None, fast: Optional[Dict] = None, plain_norm: Optional[str] = None
 ) -> Tuple[FishNet, FishNet]:
-    """Two FishNets with the same weights and statistics, in float64, built with the options
-    ``plain`` and ``fast`` (default: none); the first with ``plain_norm`` (default: ``norm``)."""
+    """Two FishNets with the same weights and statistics, in float64, built (build_fishnet) with
+    the options ``plain`` and ``fast`` (default: none); the first with ``plain_norm`` (default:
+    ``norm``)."""
     torch.manual_seed(0)
     first_norm = norm if plain_norm is None else plain_norm
-    first = randomize_norms(FishNet(TINY_ARCH, norm=first_norm, out_features=ALL_FEATURES, **(plain or {})))
-    second = FishNet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES, **(fast or {}))
+    first = randomize_norms(build_fishnet(TINY_ARCH, norm=first_norm, out_features=ALL_FEATURES, **(plain or {})))
+    second = build_fishnet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES, **(fast or {}))
     keys = second.state_dict().keys()  # a FrozenBN has no num_batches_tracked
     second.load_state_dict({k: v for k, v in first.state_dict().items() if k in keys})
     return first.double(), second.double()
@@ -102,7 +110,8 @@ def reference_bottleneck(block: PreActBottleneck, x: torch.Tensor) -> torch.Tens
 @pytest.mark.parametrize("shortcut", ["identity", "projection", "channel sum"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_bottleneck_equals_reference(norm, shortcut, training, grouped):
+@pytest.mark.parametrize("folded", [False, True])
+def test_bottleneck_equals_reference(norm, shortcut, training, grouped, folded):
     c_in, c_out = {"identity": (32, 32), "projection": (16, 32), "channel sum": (64, 32)}[shortcut]
     module = {
         "identity": nn.Identity(),
@@ -114,6 +123,9 @@ def test_bottleneck_equals_reference(norm, shortcut, training, grouped):
         block = GroupedPreActBottleneck(c_in, c_out, group_width=4, shortcut=module, norm=norm)
     else:
         block = PreActBottleneck(c_in, c_out, shortcut=module, norm=norm)
+    if folded:  # FrozenBN fused, and folded into conv1 and conv2
+        fold_frozen_batchnorm(block)
+        assert isinstance(block, FoldedPreActBottleneck) == (norm == "FrozenBN")
     block = randomize_norms(block).double()
     block.train(training)
     # x has negative entries: a ReLU that overwrote x would change what the shortcut reads.
@@ -140,7 +152,7 @@ def test_fused_frozen_batchnorm_equals_detectron2s(requires_grad):
         torch.testing.assert_close(got, expected)
 
 
-def test_stem_and_score_units_with_frozen_norm_equal_conv_then_norm():
+def test_stem_and_score_units_with_frozen_norm_folded_equal_conv_then_norm():
     torch.manual_seed(0)
     for unit, reference in (
         (ConvNormReLU(8, 16, stride=2, norm="FrozenBN"), lambda u, x: F.relu(FrozenBatchNorm2d.forward(u.norm, u.conv(x)))),
@@ -149,6 +161,8 @@ def test_stem_and_score_units_with_frozen_norm_equal_conv_then_norm():
             lambda u, x: u.fc(F.relu(FrozenBatchNorm2d.forward(u.norm2, u.conv1(F.relu(u.norm1(x)))))),
         ),
     ):
+        fold_frozen_batchnorm(unit)
+        assert isinstance(unit, (FoldedConvNormReLU, FoldedScoreUnit))
         unit = randomize_norms(unit).double()
         x = images(2, unit.conv.in_channels if hasattr(unit, "conv") else 16, 8, 12).requires_grad_()
         got = unit(x)
@@ -208,8 +222,27 @@ def test_every_fast_path_computes_what_the_plain_fishnet_does(norm, training):
     assert_close_to_scale(list(fast_state.values()), [state[k] for k in fast_state])
 
 
+def test_substitutions_keep_the_state_dict_and_the_parameters():
+    """Every substitution keeps the state_dict's keys and values, and the parameters themselves
+    (an optimizer made before still holds them); the plain network loads the optimized one's
+    state_dict and the reverse."""
+    torch.manual_seed(0)
+    plain = randomize_norms(FishNet(TINY_ARCH, norm="FrozenBN", out_features=ALL_FEATURES, freeze_stem_conv1=True))
+    params = list(plain.parameters())
+    state = {k: v.clone() for k, v in plain.state_dict().items()}
+    optimized = optimize_fishnet(plain, memory_efficient=True, activation_checkpointing="stride4")
+    assert optimized is plain and list(optimized.parameters()) == params
+    assert list(optimized.state_dict()) == list(state)
+    for key, value in optimized.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    FishNet(TINY_ARCH, norm="FrozenBN", out_features=ALL_FEATURES).load_state_dict(optimized.state_dict())
+    kinds = {type(m).__name__ for m in optimized.modules()}
+    assert {"FusedFrozenBatchNorm2d", "FoldedPreActBottleneck", "CheckpointedFishStem", "CompactMaxPool2d"} <= kinds
+
+
 def test_channels_last_weights_keep_the_state_dict():
-    fish, nchw = FishNet(TINY_ARCH, norm="FrozenBN"), FishNet(TINY_ARCH, norm="FrozenBN", channels_last=False)
+    fish = build_fishnet(TINY_ARCH, norm="FrozenBN")
+    nchw = build_fishnet(TINY_ARCH, norm="FrozenBN", channels_last=False)
     assert fish.tail[0].blocks[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
     assert list(fish.state_dict()) == list(nchw.state_dict())
     nchw.load_state_dict(fish.state_dict())
@@ -284,12 +317,14 @@ def test_checkpointing_equals_plain_model(norm, choice):
 
 
 def count_stage_calls(model: FishNet) -> Dict[str, int]:
-    """Calls of each stage's forward, counted as they start (a recomputation stops as soon as it
+    """Runs of each stage, counted as they start: calls of its first module (the stage's own
+    hooks run once per call of the stage, recomputed or not; a recomputation stops as soon as it
     has what backward needs)."""
     calls = {}
     for stage in model.stages():
         calls[stage.name] = 0
-        stage.register_forward_pre_hook(lambda m, i: calls.__setitem__(m.name, calls[m.name] + 1))
+        first = next(stage.children())
+        first.register_forward_pre_hook(lambda m, i, name=stage.name: calls.__setitem__(name, calls[name] + 1))
     return calls
 
 
@@ -362,16 +397,21 @@ def test_checkpointing_choice_from_yaml_and_merge_from_list(tmp_path):
     assert recomputed_stages(build_backbone(use_tiny_arch(cfg), ShapeSpec(channels=3))) == {"stem", "body2", "head3"}
 
 
-def test_checkpointed_model_scripts_and_traces():
+def test_checkpointed_model_traces_and_scripting_says_how_to_script():
     plain, checkpointed = twin_models("FrozenBN", fast={"activation_checkpointing": True})
     checkpointed.eval()
     x = images(2, 3, 64, 96)
     with torch.no_grad():
         expected = plain.eval()(x)
-        scripted = torch.jit.script(checkpointed)(x)
         traced = torch.jit.trace(checkpointed, x, strict=False)(x)
-    assert_same(scripted, expected, rtol=0, atol=0)
     assert_same(traced, expected, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"CheckpointedFishStem: .* cannot be scripted; .*MODEL\.FISHNET\.CHECKPOINT"):
+        torch.jit.script(checkpointed)
+    # Without the training paths the same weights script, computing what eager mode does.
+    scripted = torch.jit.script(build_fishnet(TINY_ARCH, out_features=ALL_FEATURES).double().eval())
+    scripted.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert_same(scripted(x), expected, rtol=0, atol=0)
 
 
 # --- torch.compile --------------------------------------------------------------------------------
@@ -441,7 +481,7 @@ def test_golden_outputs_with_every_fast_path(golden, training):
     with grad (the training-mode FrozenBN and checkpointing of every stage) as well as in eval."""
     arch, num_classes = infer_arch(golden["state_dict"])
     layout = official_layout(arch, num_classes)
-    model = FishNet(
+    model = build_fishnet(
         arch,
         norm="FrozenBN",
         num_classes=num_classes,

@@ -33,7 +33,7 @@ from fishnet_d2.apps.benchmark import (
 )
 from fishnet_d2.apps.benchmark import cli as benchmark_cli
 from fishnet_d2.apps.benchmark.report import DOC_BEGIN, DOC_END
-from fishnet_d2.modeling.fishnet import CHECKPOINT_CHOICES
+from fishnet_d2.modeling.optimize import CHECKPOINT_CHOICES
 
 from .support import REPO, TINY_ARCH, fishnet_cfg, use_tiny_arch
 

@@ -12,7 +12,7 @@ from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_write
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
-from fishnet_d2 import FishNet
+from fishnet_d2 import FishNet, build_fishnet
 
 from .support import IMAGE_SIZE, REPO, shrink_lazy_model, synthetic_batch
 
@@ -44,7 +44,7 @@ def test_lazyconfig_has_what_lazyconfig_train_net_reads(path):
     for key in ("output_dir", "init_checkpoint", "max_iter", "amp", "ddp", "checkpointer", "eval_period", "log_period", "device"):
         assert key in cfg.train, key
     assert cfg.train.init_checkpoint == "fishnet://ImageNet/fishnet150_official"
-    assert cfg.model.backbone.bottom_up._target_ is FishNet
+    assert cfg.model.backbone.bottom_up._target_ is build_fishnet  # the FishNet with the YAML configs' speed paths
     assert cfg.model.backbone.bottom_up.arch.depth == 150
     assert cfg.model.input_format == cfg.dataloader.train.mapper.image_format == "RGB"
     assert cfg.dataloader.evaluator.use_fast_impl is False

@@ -41,7 +41,7 @@ def meta_model(arch: FishNetArch, **kwargs) -> FishNet:
     """The ImageNet model (1000 classes, BatchNorm) of ``arch``, without memory: for counting and
     for looking at its modules."""
     with torch.device("meta"):
-        return FishNet(arch, norm="BN", num_classes=1000, channels_last=False, **kwargs)
+        return FishNet(arch, norm="BN", num_classes=1000, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,8 +1,9 @@
 """The registered builders: the only code that reads ``cfg.MODEL.FISHNET`` (what other code
-needs of it comes from here: :func:`eager_fishnet_config`)."""
+needs of it comes from here: :func:`inference_fishnet_config`), and :func:`build_fishnet`, the
+same choices as keyword arguments (LazyConfig files)."""
 
 import dataclasses
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
@@ -10,14 +11,18 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from .arch import VARIANT_OPTIONS, FishNetArch, fishnet_arch
+from .blocks import Norm
 from .errors import InvalidValue
 from .fishnet import FishNet
+from .optimize import optimize_fishnet
+from .optimize.checkpointing import Checkpointing
 
 __all__ = [
     "fishnet_arch_config_defaults",
     "fishnet_arch_from_config",
     "fishnet_arch_to_config",
-    "eager_fishnet_config",
+    "inference_fishnet_config",
+    "build_fishnet",
     "build_fishnet_backbone",
     "build_fishnet_fpn_backbone",
     "build_retinanet_fishnet_fpn_backbone",
@@ -90,28 +95,74 @@ def fishnet_arch_to_config(arch: FishNetArch) -> Dict[str, Any]:
     }
 
 
-def eager_fishnet_config(cfg: CfgNode) -> Tuple[CfgNode, str]:
-    """``cfg`` for the eager FishNet, and the ``torch.compile`` backend that ``MODEL.FISHNET.COMPILE``
-    asked for ("" when none; ``cfg`` itself is then returned). The eager model computes what the
-    compiled one does; scripting and tracing (exporting) read it."""
-    backend = cfg.MODEL.FISHNET.COMPILE
-    if not backend:
-        return cfg, ""
-    eager = cfg.clone()
-    eager.defrost()
-    eager.MODEL.FISHNET.COMPILE = ""
+# The MODEL.FISHNET keys that change only how training runs, or that run the model through
+# torch.compile, with the values that leave the eager network: what exporting reads.
+TRAINING_AND_COMPILE_KEYS = {"CHECKPOINT": None, "MEMORY_EFFICIENT": False, "COMPILE": ""}
+
+
+def inference_fishnet_config(cfg: CfgNode) -> Tuple[CfgNode, List[str]]:
+    """``cfg`` for the eager FishNet without training paths (activation checkpointing,
+    memory-efficient training) or ``torch.compile``, and the keys that were changed (``cfg``
+    itself and ``[]`` when none). Its model computes in inference what ``cfg``'s does; scripting
+    and tracing (exporting) read it."""
+    fish = cfg.MODEL.FISHNET
+    changed = [key for key, off in TRAINING_AND_COMPILE_KEYS.items() if fish[key] not in (off, False, [], "none")]
+    if not changed:
+        return cfg, []
+    plain = cfg.clone()
+    plain.defrost()
+    for key in changed:
+        plain.MODEL.FISHNET[key] = TRAINING_AND_COMPILE_KEYS[key]
     if cfg.is_frozen():
-        eager.freeze()
-    return eager, backend
+        plain.freeze()
+    return plain, [f"MODEL.FISHNET.{key}" for key in changed]
+
+
+def build_fishnet(
+    arch: FishNetArch,
+    *,
+    in_channels: int = 3,
+    norm: Norm = "FrozenBN",
+    out_features: Optional[Sequence[str]] = None,
+    num_classes: int = 0,
+    freeze_at: int = 0,
+    freeze_stem_conv1: bool = False,
+    fold_frozen_bn: bool = True,
+    channels_last: bool = True,
+    activation_checkpointing: Checkpointing = None,
+    memory_efficient: bool = False,
+    compile_backend: str = "",
+) -> FishNet:
+    """A :class:`FishNet` (the network: ``arch`` to ``freeze_stem_conv1``) with the chosen speed
+    and memory paths (``fold_frozen_bn`` to ``compile_backend``:
+    :func:`~fishnet_d2.modeling.optimize.optimize_fishnet`): what the config's builder builds.
+    LazyConfig files: ``L(build_fishnet)(arch=L(fishnet_arch)(depth=150), ...)``."""
+    fishnet = FishNet(
+        arch,
+        in_channels=in_channels,
+        norm=norm,
+        out_features=out_features,
+        num_classes=num_classes,
+        freeze_at=freeze_at,
+        freeze_stem_conv1=freeze_stem_conv1,
+    )
+    return optimize_fishnet(
+        fishnet,
+        fold_frozen_bn=fold_frozen_bn,
+        channels_last=channels_last,
+        activation_checkpointing=activation_checkpointing,
+        memory_efficient=memory_efficient,
+        compile_backend=compile_backend,
+    )
 
 
 @BACKBONE_REGISTRY.register()
 def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
-    """A :class:`FishNet` from ``cfg.MODEL.FISHNET``."""
+    """A :class:`FishNet` from ``cfg.MODEL.FISHNET``, with the speed and memory paths it chooses."""
     fish = cfg.MODEL.FISHNET
     arch = fishnet_arch_from_config(cfg)
     try:
-        return FishNet(
+        return build_fishnet(
             arch,
             in_channels    = input_shape.channels,
             norm           = fish.NORM,
@@ -119,9 +170,10 @@ def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
             num_classes    = fish.NUM_CLASSES,
             freeze_at      = fish.FREEZE_AT,
             freeze_stem_conv1 = fish.FREEZE_STEM_CONV1,
+            fold_frozen_bn = fish.FOLD_FROZEN_BN,
+            channels_last  = fish.CHANNELS_LAST,
             activation_checkpointing = fish.CHECKPOINT,
             memory_efficient = fish.MEMORY_EFFICIENT,
-            channels_last  = fish.CHANNELS_LAST,
             compile_backend = fish.COMPILE,
         )  # fmt: skip
     except InvalidValue as e:

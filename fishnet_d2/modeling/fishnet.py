@@ -1,7 +1,7 @@
 """The FishNet backbone (Sun et al., "FishNet: A Versatile Backbone for Image, Region, and Pixel
 Level Prediction", NeurIPS 2018), exact to the official ImageNet model."""
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -11,25 +11,9 @@ from torch import nn
 from .arch import FishNetArch, feature_name
 from .blocks import Norm, ScoreUnit
 from .errors import InvalidValue
-from .memory import train_memory_efficiently
 from .stages import Bridge, DownRefinementStage, FishStage, FishStem, TailStage, UpRefinementStage
 
-__all__ = ["FishNet", "ChannelsLast", "CHECKPOINT_CHOICES"]
-
-# MODEL.FISHNET.CHECKPOINT's named choices: which stages recompute their activations in the
-# backward pass (docs/performance.md measures each). "stride4": the stages that compute at stride
-# 4 (or 2): the stem, the last body stage (its transfer blocks and up-sampled output), the first
-# head stage (its refinement is the head's stride-4 feature): the largest activations, though
-# head3's recomputation is not cheap.
-CHECKPOINT_CHOICES = ("none", "all", "stride4", "tail", "body", "head")
-Checkpointing = Union[None, bool, str, Sequence[str]]
-
-
-class ChannelsLast(nn.Module):
-    """Puts its input in the channels-last memory format (NHWC); the values are unchanged."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
+__all__ = ["FishNet"]
 
 
 class FishNet(Backbone):
@@ -54,6 +38,12 @@ class FishNet(Backbone):
 
     ``arch`` also selects the paper's other networks: FishNeXt's grouped blocks (``group_width``),
     and the down-sampling and dilation of its ablation (``downsample``, ``dilated_parts``).
+
+    This is the network as the paper writes it. The ways to run it faster or in less memory
+    (FrozenBN folded into the convolutions, channels-last, activation checkpointing,
+    memory-efficient training, ``torch.compile``) substitute its modules once it is built:
+    :func:`fishnet_d2.modeling.optimize.optimize_fishnet`, which :func:`~fishnet_d2.modeling.build_fishnet`
+    and the config's builder call.
     """
 
     def __init__(
@@ -66,10 +56,6 @@ class FishNet(Backbone):
         num_classes: int = 0,
         freeze_at: int = 0,
         freeze_stem_conv1: bool = False,
-        activation_checkpointing: Checkpointing = False,
-        memory_efficient: bool = False,
-        channels_last: bool = True,
-        compile_backend: str = "",
     ):
         """
         Args:
@@ -83,22 +69,6 @@ class FishNet(Backbone):
             freeze_at: number of stages to freeze, in the order they run (see :meth:`freeze`).
             freeze_stem_conv1: freeze the stem's first conv (and its norm), the only convolution
                 that runs at full input resolution, as the paper does for COCO.
-            activation_checkpointing: in training, recompute these stages' activations in the
-                backward pass instead of storing them (less memory, more time): ``True`` or
-                "all" every stage, ``False``, ``None`` or "none" none, "stride4", "tail",
-                "body" or "head" (:data:`CHECKPOINT_CHOICES`), a stage name ("stem", "tail3",
-                ..., "bridge", "body4", ..., "head3", ...), or a list of names and choices.
-            memory_efficient: in training, keep less for the backward pass at the cost of
-                elementwise recomputation only (no convolution runs twice; the same outputs and
-                gradients): FrozenBN pre-activations keep their input, max-pools one byte per
-                output (:mod:`fishnet_d2.modeling.memory`). Adds to ``activation_checkpointing``.
-            channels_last: compute in the channels-last memory format (NHWC), which oneDNN's
-                and cuDNN's convolutions run fastest on. The features keep it (their shapes are
-                the same; what reads them, e.g. an FPN, runs in that format too).
-            compile_backend: "" runs eagerly; a ``torch.compile`` backend ("inductor") compiles
-                the whole FishNet when it first runs, and again for a new mode (training or
-                not) or input size until its sizes are compiled as dynamic. The module keeps
-                its type, attributes and state_dict. docs/performance.md measures its speed.
         """
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -108,10 +78,6 @@ class FishNet(Backbone):
         self.arch = arch
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.channels_last = channels_last
-        # The input's memory format, chosen once: oneDNN's and cuDNN's convolutions run fastest on
-        # channels-last, and every layer after the first keeps the format of its input.
-        self.input_format = ChannelsLast() if channels_last else nn.Identity()
         self._out_feature_strides: Dict[str, int] = {}
         self._out_feature_channels: Dict[str, int] = {}
         try:
@@ -145,35 +111,9 @@ class FishNet(Backbone):
             if num_classes > 0:
                 out_features.append("linear")
         self._out_features = self._check_out_features(out_features)
-        # The names of the stages that recompute, in the order they run (empty: none).
-        self.activation_checkpointing = self._checkpointed_stages(activation_checkpointing)
-        for stage in self.stages():
-            stage.recompute_in_backward = stage.name in self.activation_checkpointing
-        if not isinstance(memory_efficient, bool):
-            raise InvalidValue("memory_efficient", memory_efficient, "allowed True or False")
-        self.memory_efficient = memory_efficient
-        if memory_efficient:
-            train_memory_efficiently(self, held_features=self._out_features, refined_head=self._head_refined_name)
         self.freeze(freeze_at)
         if freeze_stem_conv1:
             self.stem.conv1.freeze()
-        if channels_last:
-            # The conv weights too: a convolution whose input is channels-last and its weight
-            # not converts the weight at every call, forward and backward (3 weight-sized
-            # transposing copies per conv and step, a good part of a step at the lowest
-            # resolutions, where weights are as large as activations). The values, and so the
-            # state_dict, are the same; loading copies into this format.
-            self.to(memory_format=torch.channels_last)
-        self.compile_backend = compile_backend
-        if compile_backend != "":
-            allowed = torch.compiler.list_backends(exclude_tags=())
-            if compile_backend not in allowed:
-                raise InvalidValue(
-                    "compile_backend", compile_backend, f"allowed '' (eager) or a torch.compile backend of {allowed}"
-                )
-            # nn.Module.compile: in place, unlike torch.compile(module), which would wrap the
-            # module in one that is not a Backbone.
-            self.compile(backend=compile_backend)
 
     def _build_stages(self, arch: FishNetArch, norm: Norm) -> None:
         """The stem, tail, bridge, body and head, each named and placed by ``arch``'s levels; records
@@ -260,44 +200,6 @@ class FishNet(Backbone):
         for stage in head:
             self._record(stage.name, stage.level, stage.out_channels)
 
-    def _checkpoint_choices(self) -> Dict[str, List[str]]:
-        """The stages each named choice of ``activation_checkpointing`` recomputes."""
-        stem, tail, bridge, body, head = [self.stem], list(self.tail), [self.bridge], list(self.body), list(self.head)
-        return {
-            "none": [],
-            "all": [s.name for s in self.stages()],
-            "stride4": [s.name for s in stem + [body[-1], head[0]]],
-            "tail": [s.name for s in tail],
-            "body": [s.name for s in body],
-            "head": [s.name for s in head],
-        }
-
-    def _checkpointed_stages(self, value: Checkpointing) -> Tuple[str, ...]:
-        choices = self._checkpoint_choices()
-        names = [s.name for s in self.stages()]
-        if value is None or value is False:
-            value = "none"
-        elif value is True:
-            value = "all"
-        items = [value] if isinstance(value, str) else value
-        chosen = set()
-        ok = isinstance(items, (list, tuple))  # [] is none
-        for item in items if ok else ():
-            if isinstance(item, str) and item in choices:
-                chosen.update(choices[item])
-            elif isinstance(item, str) and item in names:
-                chosen.add(item)
-            else:
-                ok = False
-        if not ok:
-            raise InvalidValue(
-                "activation_checkpointing",
-                value,
-                f"allowed False/True (none/all), one of {list(choices)}, a stage name of {names}, "
-                "or a list of those",
-            )
-        return tuple(name for name in names if name in chosen)
-
     def _record(self, name: str, level: int, channels: int) -> None:
         """Record an output feature's ShapeSpec as its stage is built."""
         self._out_feature_strides[name] = 2**level
@@ -367,7 +269,7 @@ class FishNet(Backbone):
             dict of the requested features.
         """
         self._check_input(x)
-        x = self.stem(self.input_format(x))
+        x = self.stem(x)
         features: Dict[str, torch.Tensor] = {self.stem.name: x}
         # The transfer blocks of a body stage read the tail (or stem) feature at the stage's
         # output resolution; those of a head stage read the body (or bridge) feature.

@@ -4,16 +4,17 @@ Each stage knows its output ``level`` (stride ``2**level``) and the ``name`` of 
 both given by the FishNet that builds it (from its FishNetArch).
 """
 
-from typing import Any, List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.layers import CNNBlockBase
+
 from .blocks import (
     ChannelSumReduction,
     ConvNormReLU,
-    FishNetBlockBase,
     GroupedPreActBottleneck,
     Norm,
     PreActBottleneck,
@@ -22,9 +23,6 @@ from .blocks import (
     SqueezeExcitation,
 )
 from .errors import InvalidValue
-from .memory import rectified_max_pool, saves_memory
-from .recompute import recompute_in_backward
-from .reversible import recovering_blocks
 
 __all__ = [
     "DOWNSAMPLINGS",
@@ -67,55 +65,7 @@ def bottleneck(
 
 
 class ResidualBlocks(nn.Sequential):
-    """A run of residual blocks, applied in order (an ``nn.Sequential``: the same state_dict).
-
-    ``recover_from = k`` (set by FishNet's ``memory_efficient``; default ``len(self)``, none):
-    in training, blocks ``k`` and after (:meth:`PreActBottleneck.is_reversible`), when their norms
-    are FrozenBN, recover their inputs from their outputs in the backward pass instead of keeping
-    their activations (:func:`~fishnet_d2.modeling.reversible.recovering_blocks`). With
-    ``output_in_concat`` (a transfer run whose stage's output is held), they recover the run's
-    output from :meth:`cat_after`'s concatenation instead of keeping it."""
-
-    def __init__(self, *blocks: nn.Module):
-        super().__init__(*blocks)
-        self.recover_from = len(blocks)
-        self.output_in_concat = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            if self.recovers(x):
-                return self.forward_recovering_inputs(x)
-        for block in self:
-            x = block(x)
-        return x
-
-    def cat_after(self, prefix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``torch.cat([prefix, self(x)], dim=1)``: a refinement stage's output, ``x`` its lateral."""
-        if not torch.jit.is_scripting():
-            if self.output_in_concat and self.recovers(x):
-                return self.forward_recovering_inputs(x, prefix)
-        return torch.cat([prefix, self.forward(x)], dim=1)
-
-    @torch.jit.unused
-    def recovers(self, x: torch.Tensor) -> bool:
-        """Whether blocks recover their inputs in this call: some were chosen to, and it records
-        gradients outside autocast (float16 would round the recovered inputs too coarsely)."""
-        return self.recover_from < len(self) and saves_memory() and not torch.is_autocast_enabled(x.device.type)
-
-    @torch.jit.unused
-    def forward_recovering_inputs(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """:meth:`forward` (or :meth:`cat_after` with ``prefix``) in memory-efficient training: the
-        same values."""
-        blocks = list(self)
-        for block in blocks[: self.recover_from]:
-            x = block(x)
-        recovering = blocks[self.recover_from :]
-        if not all(block.frozen_norms for block in recovering):  # trainable norms: not affines
-            for block in recovering:
-                x = block(x)
-            return x if prefix is None else torch.cat([prefix, x], dim=1)
-        tensors, conv2_args = zip(*(block.folded_tensors() for block in recovering))
-        return recovering_blocks(x, tensors, conv2_args, prefix=prefix)
+    """A run of residual blocks, applied in order (an ``nn.Sequential``: blocks named 0, 1, ...)."""
 
 
 def residual_blocks(
@@ -240,24 +190,13 @@ def blocks_then_downsampling(
     return blocks, down
 
 
-class FishStage(FishNetBlockBase):
-    """What every stage shares: the ``name`` and ``level`` (stride ``2**level``) of its output, and
-    how it runs in training. With ``recompute_in_backward`` (FishNet's ``activation_checkpointing``,
-    set when the model is built), a training forward keeps only the stage's inputs, and the
-    backward pass runs the stage again for the rest. ``forward`` is the data flow either way.
-    """
+class FishStage(CNNBlockBase):
+    """What every stage shares: the ``name`` and ``level`` (stride ``2**level``) of its output."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, *, name: str, level: int):
         super().__init__(in_channels, out_channels, stride)
         self.name = name
         self.level = level
-        self.recompute_in_backward = False
-
-    def __call__(self, *inputs: torch.Tensor) -> Any:
-        # TorchScript compiles forward only: a scripted FishNet never recomputes, as in eval.
-        if self.recompute_in_backward and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
-            return recompute_in_backward(self, super().__call__, *inputs)
-        return super().__call__(*inputs)
 
 
 class FishStem(FishStage):
@@ -273,16 +212,9 @@ class FishStem(FishStage):
         self.conv1 = ConvNormReLU(in_channels, out_channels // 2, stride=2, norm=norm)
         self.conv2 = ConvNormReLU(out_channels // 2, out_channels // 2, norm=norm)
         self.conv3 = ConvNormReLU(out_channels // 2, out_channels, norm=norm)
-        # Training pools before conv3's ReLU, keeping less (set by FishNet's memory_efficient:
-        # memory.rectified_max_pool).
-        self.pool_before_relu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2(self.conv1(x))
-        if not torch.jit.is_scripting():
-            if self.pool_before_relu and saves_memory():
-                return rectified_max_pool(self.conv3.normalized(x), kernel_size=3, stride=2, padding=1)
-        return F.max_pool2d(self.conv3(x), kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(self.conv3(self.conv2(self.conv1(x))), kernel_size=3, stride=2, padding=1)
 
 
 class TailStage(FishStage):
@@ -419,7 +351,7 @@ class UpRefinementStage(RefinementStage):
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(self.refine(x), scale_factor=2.0, mode="nearest")
-        return self.transfer.cat_after(up, lateral)
+        return torch.cat([up, self.transfer(lateral)], dim=1)
 
 
 class DownRefinementStage(RefinementStage):
@@ -479,4 +411,4 @@ class DownRefinementStage(RefinementStage):
 
     def forward(self, x: torch.Tensor, lateral: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         refined = self.refine(x)
-        return refined, self.transfer.cat_after(self.down(refined), lateral)
+        return refined, torch.cat([self.down(refined), self.transfer(lateral)], dim=1)

@@ -5,12 +5,14 @@ paper attaches it (sec. 4.4). Other depths: ``model.backbone.bottom_up.arch.dept
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
-from fishnet_d2 import FishNet
-from fishnet_d2 import fishnet_arch
+from fishnet_d2 import build_fishnet, fishnet_arch
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 
-model.backbone.bottom_up = L(FishNet)(
+# build_fishnet: the FishNet with the speed and memory paths MODEL.FISHNET's keys choose, as
+# keyword arguments (their defaults those of the YAML configs: FrozenBN folded, channels-last;
+# e.g. memory_efficient=True, activation_checkpointing=["stem", "tail3", "body2"]).
+model.backbone.bottom_up = L(build_fishnet)(
     arch=L(fishnet_arch)(depth=150),
     # Paper (sec. 4.4): every BatchNorm frozen, and the first stem conv (the only one at full
     # input resolution) frozen.

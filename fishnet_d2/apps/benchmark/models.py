@@ -153,18 +153,17 @@ def build_detector(spec: ModelSpec, device: str, opts: Sequence[str] = ()) -> nn
     return model
 
 
-def plain_fishnet(fishnet: FishNet, norm: Any = FrozenBatchNorm2d) -> FishNet:
-    """``fishnet``'s network, weights and frozen parameters with every fast path off: NCHW
-    (``channels_last=False``) and Detectron2's own ``FrozenBatchNorm2d`` (``norm``), which
-    fishnet_d2 neither folds into the conv before it nor computes as one fused multiply-add.
-    What stays: the ReLUs that run in place. The same features as ``fishnet``'s (tested)."""
+def plain_fishnet(fishnet: FishNet, norm: Any = "FrozenBN") -> FishNet:
+    """``fishnet``'s network, weights and frozen parameters as the paper writes it, with no speed
+    or memory path (:class:`FishNet` alone: NCHW, Detectron2's own ``FrozenBatchNorm2d``, neither
+    folded into the conv before it nor computed as one fused multiply-add). What stays: the ReLUs
+    that run in place. The same features as ``fishnet``'s (tested)."""
     plain = FishNet(
         fishnet.arch,
         in_channels=fishnet.in_channels,
         norm=norm,
         out_features=list(fishnet.output_shape()),
         num_classes=fishnet.num_classes,
-        channels_last=False,
     )
     plain.load_state_dict(fishnet.state_dict())
     for p, q in zip(plain.parameters(), fishnet.parameters()):  # frozen stages and stem conv

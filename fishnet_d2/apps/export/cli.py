@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...weights.checkpointer import CheckpointLoadError
 from ...model_zoo import add_config_arguments, load_config
-from ...modeling import eager_fishnet_config
+from ...modeling import inference_fishnet_config
 from ..predict.images import InputError
 from ..predict.predictor import load_model
 from ..predict.results import write_json
@@ -215,11 +215,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config_file, args.opts)
     except (FileNotFoundError, ValueError, KeyError) as e:
         parser.error(str(e))
-    cfg, compile_backend = eager_fishnet_config(cfg)
-    if compile_backend:
+    cfg, changed = inference_fishnet_config(cfg)
+    if changed:
         print(
-            f"note: exporting the eager FishNet (MODEL.FISHNET.COMPILE "
-            f"{compile_backend!r} is for training and inference in Python)",
+            f"note: exporting the eager FishNet without {', '.join(changed)} (they change only "
+            "training, or how Python runs the model: the exported model computes the same)",
             file=sys.stderr,
         )
     try:

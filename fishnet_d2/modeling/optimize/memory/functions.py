@@ -1,31 +1,23 @@
-"""Memory-efficient training (``MODEL.FISHNET.MEMORY_EFFICIENT``): the same outputs as the plain
-path, and the same gradients up to rounding, with less kept for the backward pass.
+"""The autograd functions of memory-efficient training (:mod:`.`): the same values and gradients
+as the operations they replace, with less kept for the backward pass.
 
-- A pre-activation ``conv(relu(affine(x)))`` of a FrozenBN (an affine) keeps its input ``x``
-  instead of ``relu(affine(x))`` and recomputes the affine and ReLU in the backward pass
-  (:func:`lean_conv`). Where ``x`` is kept anyway, the activation is kept once instead of once
-  per reader: a stage's input read by its first block, the block's projection shortcut and a
-  transfer block of a later part; a head feature the caller holds read by the next head stage.
-- A convolution with a FrozenBN folded into it keeps its weight, not the folded copy, and folds
-  again in the backward pass (one pass over the weight).
-- A max-pool whose windows tile its input keeps the position of each maximum in its window, one
-  byte (:class:`CompactMaxPool2d`), instead of its input and int64 indices; the stem's ReLU and
-  overlapping max-pool keep their output and int32 positions (:func:`rectified_max_pool`).
-- Runs of identity-shortcut blocks recover their inputs from their outputs
-  (:mod:`~fishnet_d2.modeling.reversible`), running each block's 1x1 conv3 again.
+- :func:`lean_conv`: a convolution of a FrozenBN pre-activation keeps its input, not the
+  activation; with a FrozenBN folded into it, its weight, not the folded copy.
+- :class:`CompactMaxPool2d`: a max-pool whose windows tile its input keeps one byte per output.
+- :func:`rectified_max_pool`: the stem's ReLU and overlapping max-pool keep their output and
+  int32 positions.
 
-:func:`train_memory_efficiently` decides where each applies. None runs when it cannot matter or
-would get in the way: without gradients, while tracing, scripting (TorchScript compiles the plain
-path) or compiling (:func:`saves_memory`).
+Each backward is written with documented functions (``torch.nn.grad``, ``masked_fill_``,
+``max_unpool2d``, ``scatter_add_``), none with ATen kernels.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["saves_memory", "affine_relu", "lean_conv", "CompactMaxPool2d", "rectified_max_pool", "train_memory_efficiently"]
+__all__ = ["saves_memory", "affine_relu", "relu_backward_", "lean_conv", "CompactMaxPool2d", "rectified_max_pool"]
 
 
 def saves_memory() -> bool:
@@ -51,7 +43,7 @@ class _LeanConv(torch.autograd.Function):
         out = F.conv2d(activation, folded, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(x, scale, shift, weight, weight_scale)
         ctx.conv = (*_conv_args(stride, padding, dilation), groups)
-        ctx.bias_shape = None if bias is None else list(bias.shape)
+        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
@@ -62,29 +54,30 @@ class _LeanConv(torch.autograd.Function):
         folded = weight if weight_scale is None else weight * weight_scale
         need_x, _, _, need_weight, _, need_bias = ctx.needs_input_grad[:6]
         # Under autocast the convolution ran in grad_out's dtype (as its backward does).
-        grad_act, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_out,
-            activation.to(grad_out.dtype),
-            folded.to(grad_out.dtype),
-            ctx.bias_shape,
-            stride,
-            padding,
-            dilation,
-            False,
-            [0, 0],
-            groups,
-            [need_x, need_weight, need_bias and ctx.bias_shape is not None],
-        )
-        grad_x = None
+        activation_in, folded_in = activation.to(grad_out.dtype), folded.to(grad_out.dtype)
+        grad_x = grad_weight = grad_bias = None
         if need_x:
+            grad_act = torch.nn.grad.conv2d_input(
+                activation_in.shape, folded_in, grad_out, stride, padding, dilation, groups
+            )
             grad_x = grad_act.to(x.dtype)
-            if scale is not None:  # ReLU's backward (as autograd's: its output's threshold), the affine's
-                grad_x = torch.ops.aten.threshold_backward(grad_x, activation, 0) * scale
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
+            if scale is not None:  # ReLU's backward, then the affine's
+                grad_x = relu_backward_(grad_x, activation) * scale
+        if need_weight:
+            grad_weight = torch.nn.grad.conv2d_weight(
+                activation_in, folded_in.shape, grad_out, stride, padding, dilation, groups
+            ).to(weight.dtype)
             if weight_scale is not None:  # the product's backward
                 grad_weight = grad_weight * weight_scale
+        if need_bias and ctx.has_bias:
+            grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, None, None, grad_weight, None, grad_bias, None, None, None, None
+
+
+def relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """ReLU's backward, in place in ``grad``: 0 where the ReLU's output ``out`` is not positive,
+    as autograd's (which thresholds the output)."""
+    return grad.masked_fill_(out <= 0, 0)
 
 
 def affine_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -162,15 +155,15 @@ def _remember_input(ctx, x: torch.Tensor) -> None:
     ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _max_pool_backward(ctx, grad_out, indices, kernel_size, stride, padding) -> torch.Tensor:
-    """The default max-pool's backward (the same kernel: the same gradient, in the input's
-    memory format), from int64 ``indices`` in the input plane. The kernel reads only the input's
-    shape and memory format, which an empty tensor gives; it is allocated though, an input-sized
-    map (the stem's pool runs last in the backward pass, when little else is alive)."""
-    like = torch.empty(ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=ctx.memory_format)
-    return torch.ops.aten.max_pool2d_with_indices_backward(
-        grad_out, like, kernel_size, stride, padding, [1, 1], False, indices
-    )
+def _max_pool_backward(ctx, grad_out: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """A max-pool's backward from int64 ``indices`` in the input plane, windows that may overlap
+    (an input position that is the maximum of several windows gets the sum of their gradients),
+    in the input's memory format."""
+    n, c, height, width = ctx.input_shape
+    grad_in = grad_out.new_zeros(ctx.input_shape).contiguous(memory_format=ctx.memory_format)
+    # A view of the planes as rows of height * width positions, in either memory format.
+    grad_in.view(n, c, height * width).scatter_add_(2, indices.flatten(2), grad_out.flatten(2))
+    return grad_in
 
 
 def _window_starts(out: torch.Tensor, k: int, width: int) -> torch.Tensor:
@@ -214,10 +207,6 @@ class CompactMaxPool2d(nn.MaxPool2d):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
-# The widest residual blocks that recover their inputs (train_memory_efficiently).
-MAX_RECOVERED_WIDTH = 512
-
-
 class _RectifiedMaxPool(torch.autograd.Function):
     """``relu(max_pool2d(x))``, keeping its output and the maxima's positions as int32."""
 
@@ -227,18 +216,16 @@ class _RectifiedMaxPool(torch.autograd.Function):
         out.relu_()
         # Positions in the input plane; int32 holds them below 2**31 (any image that fits memory).
         ctx.save_for_backward(out, indices.to(torch.int32) if x.shape[-2] * x.shape[-1] < 2**31 else indices)
-        ctx.pool = ([kernel_size] * 2, [stride] * 2, [padding] * 2)
         _remember_input(ctx, x)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         out, indices = ctx.saved_tensors
-        kernel_size, stride, padding = ctx.pool
         # ReLU's backward first: its output is the pool's, and where it is 0 no gradient passes
         # (the default path's max-pool sends it to a position whose ReLU then stops it).
-        grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)
-        return _max_pool_backward(ctx, grad_out, indices.long(), kernel_size, stride, padding), None, None, None
+        grad_out = relu_backward_(grad_out.clone(memory_format=torch.preserve_format), out)
+        return _max_pool_backward(ctx, grad_out, indices.long()), None, None, None
 
 
 def rectified_max_pool(x: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
@@ -247,84 +234,3 @@ def rectified_max_pool(x: torch.Tensor, kernel_size: int, stride: int, padding: 
     maxima's positions as int32 (two maps of the output's size) instead of the ReLU's output and
     the int64 indices (an input-sized map, two output-sized ones). The stem's last unit."""
     return _RectifiedMaxPool.apply(x, kernel_size, stride, padding)
-
-
-def train_memory_efficiently(fishnet: nn.Module, *, held_features: Sequence[str], refined_head: str) -> None:
-    """Make a FishNet's training memory-efficient, in place; ``held_features``: the features its
-    caller holds (its out_features), ``refined_head``: the name of the first head stage's
-    refinement. Stages that recompute in the backward pass (activation checkpointing) keep
-    nothing of their own, and are left as they are: their memory-efficient paths would cost time
-    and save nothing.
-
-    Blocks with FrozenBN norms keep their convolutions' weights, not the copies with a norm
-    folded in (:func:`lean_conv`; at the lowest resolutions the copies are as large as the
-    activations). Pre-activations keep their input where it is kept anyway: the first block of
-    each run of residual blocks (and its projection shortcut) reads a map that another stage
-    reads too, or that the caller holds (a feature). The first head stage's refinement is the
-    exception: its input, the last body stage's output, has no other reader.
-
-    After that first block, identity-shortcut blocks recover their inputs from their outputs in
-    the backward pass (:mod:`~fishnet_d2.modeling.reversible`): each keeps a third of what it
-    kept, for its 1x1 conv3 run again, and the run keeps its output. That pays where the run's
-    output is held anyway (the first head stage's refinement, when requested; a transfer run's,
-    in its stage's concatenation, when that is held), or where at least 3 blocks recover (the
-    output kept for them costs one block's activation); with 1 or 2 blocks and an output nobody
-    holds it would save nothing. Only up to ``MAX_RECOVERED_WIDTH`` channels: conv3 costs
-    ``C / 4`` multiply-adds per value not kept, which at FishNet-150's 1600-wide head5 refinement
-    is more time per MB than checkpointing a stage costs (docs/performance.md).
-
-    The stem pools before its last ReLU (:func:`rectified_max_pool`). Each ``nn.MaxPool2d``
-    becomes a :class:`CompactMaxPool2d` with its arguments (pools hold no state: the state_dict
-    is unchanged)."""
-    alone = fishnet.head[0].refine if len(fishnet.head) else None  # reads the last body stage's output
-
-    def keeps_input(stage: nn.Module) -> bool:
-        return stage.recompute_in_backward or (len(stage.refine) > 0 and stage.refine is not alone)
-
-    # Who reads each refinement stage's output (its concatenation) besides the caller.
-    parts = [list(fishnet.body), list(fishnet.head)]
-    next_reader = {s: n for part in parts for s, n in zip(part, part[1:])}
-    if len(fishnet.body) and len(fishnet.head):
-        next_reader[fishnet.body[-1]] = fishnet.head[0]
-
-    for stage in fishnet.stages():
-        if stage.recompute_in_backward:
-            continue
-        for m in stage.modules():
-            if hasattr(m, "keep_less"):
-                m.keep_less = True
-        concat_held = stage.name in held_features or (
-            stage in next_reader and keeps_input(next_reader[stage])
-        )
-        for part in ("blocks", "refine", "transfer"):
-            blocks = getattr(stage, part, None)
-            if not hasattr(blocks, "recover_from") or not len(blocks):  # a ResidualBlocks with blocks
-                continue
-            input_held = blocks is not alone
-            if input_held:
-                for m in blocks[0].modules():
-                    if hasattr(m, "recompute_activation"):
-                        m.recompute_activation = True
-            start = len(blocks)
-            while start > int(input_held) and blocks[start - 1].is_reversible():
-                start -= 1
-            if blocks[-1].out_channels > MAX_RECOVERED_WIDTH:
-                start = len(blocks)
-            blocks.output_in_concat = part == "transfer" and concat_held
-            output_held = blocks.output_in_concat or (blocks is alone and refined_head in held_features)
-            if len(blocks) - start >= (1 if output_held else 3):
-                blocks.recover_from = start
-        if stage is fishnet.stem:
-            stage.pool_before_relu = True
-        for parent in list(stage.modules()):
-            for name, child in parent.named_children():
-                if type(child) is nn.MaxPool2d:
-                    pool = CompactMaxPool2d(
-                        child.kernel_size,
-                        child.stride,
-                        child.padding,
-                        child.dilation,
-                        return_indices=child.return_indices,
-                        ceil_mode=child.ceil_mode,
-                    )
-                    setattr(parent, name, pool)

@@ -24,14 +24,14 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .memory import affine_relu
+from .functions import affine_relu, relu_backward_
 
 __all__ = ["FoldedBlock", "recovering_blocks"]
 
 
 class FoldedBlock(NamedTuple):
-    """The tensors of one pre-activation bottleneck with FrozenBN norms (PreActBottleneck's
-    fast path): ``norm1`` an affine ``(scale1, shift1)`` before conv1, ``norm2`` and ``norm3``
+    """The tensors of one pre-activation bottleneck with FrozenBN norms (a
+    FoldedPreActBottleneck): ``norm1`` an affine ``(scale1, shift1)`` before conv1, ``norm2`` and ``norm3``
     folded into conv1 and conv2."""
 
     conv1_weight: torch.Tensor
@@ -84,12 +84,11 @@ def _conv_backward(
     need_weight: bool,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The gradients of a bias-free, stride-1 convolution's input and (if needed) weight."""
-    padding, dilation, groups = ([0, 0], [1, 1], 1) if args is None else (
-        list(args.padding), list(args.dilation), args.groups
-    )
-    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad, inputs, weight, None, [1, 1], padding, dilation, False, [0, 0], groups, [True, need_weight, False]
-    )
+    padding, dilation, groups = (0, 1, 1) if args is None else (args.padding, args.dilation, args.groups)
+    grad_input = torch.nn.grad.conv2d_input(inputs.shape, weight, grad, 1, padding, dilation, groups)
+    grad_weight = None
+    if need_weight:
+        grad_weight = torch.nn.grad.conv2d_weight(inputs, weight.shape, grad, 1, padding, dilation, groups)
     return grad_input, grad_weight
 
 
@@ -136,12 +135,12 @@ class _RecoveredBlocks(torch.autograd.Function):
             torch.sub(out, x, out=x)
             out = None  # the last block's output stays in ctx; the others' go now
             grad_a3, grad_w3 = _conv_backward(grad, a3, b.conv3_weight, None, need_weight=needs.conv3_weight)
-            grad_z2 = torch.ops.aten.threshold_backward(grad_a3, a3, 0)
+            grad_z2 = relu_backward_(grad_a3, a3)
             del grad_a3
             w2 = _folded(b.conv2_weight, b.scale3)
             grad_a2, grad_w2 = _conv_backward(grad_z2, a2, w2, args, need_weight=needs.conv2_weight)
             del grad_z2
-            grad_z1 = torch.ops.aten.threshold_backward(grad_a2, a2, 0)
+            grad_z1 = relu_backward_(grad_a2, a2)
             del grad_a2
             a1 = _pre_activation(x, b)
             if b is not blocks[0]:
@@ -152,7 +151,7 @@ class _RecoveredBlocks(torch.autograd.Function):
             del grad_z1
             # The ReLU's backward (its output's threshold, as autograd's) and the affine's, plus
             # the identity shortcut's gradient; in place, the same values.
-            torch.ops.aten.threshold_backward.grad_input(grad_a1, a1, 0, grad_input=grad_a1)
+            relu_backward_(grad_a1, a1)
             del a1
             grad = torch.addcmul(grad, grad_a1, _per_channel(b.scale1, grad_a1), out=grad_a1)
             del grad_a1
