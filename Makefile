@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 READY := $(VENV)/.fishnet_d2_ready
 export VENV PYTHON
 
-.PHONY: demo test test-fast setup clean-venv
+.PHONY: demo test test-fast release setup clean-venv
 
 setup: $(READY)
 
@@ -22,6 +22,11 @@ test: $(READY)
 # The inner loop: every test but those marked slow (trainings, subprocesses, torch.compile).
 test-fast: $(READY)
 	$(PY) -m pytest tests -m "not slow"
+
+# The wheel and sdist in build/release/, built from the tracked files and checked (tools/check_wheel.sh;
+# CI also installs the wheel into fresh environments: FLAVOURS="v06 main").
+release: $(READY)
+	FLAVOURS= PY=$(PY) bash tools/check_wheel.sh
 
 clean-venv:
 	rm -rf $(VENV)

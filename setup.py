@@ -2,7 +2,11 @@
 """fishnet-d2: FishNet (Sun et al., NeurIPS 2018) as a Detectron2 backbone plugin.
 
 Like every Detectron2 plugin, it does not list torch, torchvision or detectron2: install those for
-your platform first (see README.md). Listed here are only the light dependencies fishnet_d2 imports.
+your platform first (README.md); fishnet_d2 refuses ones older than it needs when it is imported
+(fishnet_d2/requirements.py). Listed here is what fishnet_d2 itself imports: the core in
+``install_requires``; the programs behind tools/ (predict, export, the demo, the benchmark) in the
+extra ``apps``; the test suite's tools in ``test``. .ci/run installs the built wheel into fresh
+environments with only torch, torchvision and detectron2, and checks that this is enough.
 """
 from pathlib import Path
 
@@ -23,17 +27,40 @@ def link_configs() -> None:
 
 link_configs()
 
+APPS = [
+    "opencv-python-headless",  # predict: images and video (cv2; Detectron2 does not install it)
+    "matplotlib",  # the demo's figures, the benchmark's plot
+    "Pillow",
+    "pycocotools",  # the demo's dataset, predict --dataset
+    "fvcore",  # the benchmark's FLOP count
+    "tabulate",
+    "onnx",  # export --format onnx, and its check in onnxruntime
+    "onnxruntime",
+]
+
 setup(
     name="fishnet-d2",
     version=version["__version__"],
     description="FishNet backbones (tail, body, head) for Detectron2, with the official ImageNet weights",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="MIT",
     packages=find_packages(include=("fishnet_d2", "fishnet_d2.*")),
     package_data={"fishnet_d2.model_zoo": ["configs/*.yaml", "configs/**/*.yaml", "configs/**/*.py"]},
-    python_requires=">=3.10",
-    install_requires=["fvcore", "iopath", "numpy", "pycocotools", "matplotlib"],
-    extras_require={"test": ["pytest", "hypothesis", "onnx", "pytorchcv"]},
+    # What CI tests (.ci/run): Python 3.11 (both detectron2 flavours), 3.13 (the fast suite).
+    python_requires=">=3.11",
+    install_requires=["numpy", "iopath", "portalocker", "tqdm"],
+    extras_require={
+        "apps": APPS,
+        "test": APPS + ["pytest", "hypothesis", "pytorchcv", "build", "twine"],
+    },
     entry_points={"console_scripts": ["fishnet-d2-convert=fishnet_d2.weights.convert:main"]},
-    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.13",
+        "License :: OSI Approved :: MIT License",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
 )

@@ -35,8 +35,12 @@ trainer and ``tools/train_net.py``'s main), ``fishnet_d2.solver``, ``fishnet_d2.
 programs behind ``tools/`` (predict, export, the demo, the benchmark); nothing here imports it.
 """
 
-from .config import add_fishnet_config
-from .modeling import (
+from .requirements import check_requirements
+
+check_requirements()  # before anything that runs on torch or detectron2
+
+from .config import add_fishnet_config  # noqa: E402
+from .modeling import (  # noqa: E402
     FISHNET_VARIANTS,
     FISHNEXT_VARIANTS,
     FishNet,
@@ -48,11 +52,11 @@ from .modeling import (
     fishnet_arch,
     optimize_fishnet,
 )
-from .version import __version__
-from .weights import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError
+from .version import __version__  # noqa: E402
+from .weights import CheckpointLoadError, FishNetCheckpointer, UnsafeCheckpointError  # noqa: E402
 
 # Registrations besides the backbones (which .modeling registers):
-from .weights import handler as _weights_handler  # noqa: F401  registers fishnet://ImageNet/<name> in Detectron2's PathManager
+from .weights import handler as _weights_handler  # noqa: F401,E402  registers fishnet://ImageNet/<name> in Detectron2's PathManager
 
 __all__ = [
     "add_fishnet_config",
