@@ -63,8 +63,14 @@ for flavour in $FLAVOURS; do
       pip_in "$ENV/bin/python" $D2_DEPENDENCIES;;
     main)
       [ -f "$D2_SOURCE" ] || { echo "[wheel] main: $D2_SOURCE is absent" >&2; exit 1; }
-      echo "[wheel] main: compiling detectron2 from $D2_SOURCE"
-      pip_in "$ENV/bin/python" --no-build-isolation "$D2_SOURCE";;
+      # The build tools/setup_env.sh compiled for .venv-d2main, when there is one (same torch).
+      WHEELS=$(bash tools/d2_wheel_dir.sh "$D2_SOURCE" "$ENV/bin/python")
+      if ls "$WHEELS"/detectron2-*.whl > /dev/null 2>&1; then
+        pip_in "$ENV/bin/python" "$WHEELS"/detectron2-*.whl
+      else
+        echo "[wheel] main: compiling detectron2 from $D2_SOURCE"
+        pip_in "$ENV/bin/python" --no-build-isolation "$D2_SOURCE"
+      fi;;
     *) echo "FLAVOURS: $flavour? allowed v06, main" >&2; exit 2;;
   esac
   echo "[wheel] $flavour: the wheel alone; its core imports"

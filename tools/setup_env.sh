@@ -101,10 +101,24 @@ elif [ "$D2_SOURCE" = pypi ]; then
   "$PY" tools/detectron2_pypi/build.py
 else
   d2_source_tree
-  echo "[setup] building detectron2 from $D2_SOURCE (C++/CUDA ops compiled, a few minutes)"
   # Not editable: with setuptools >= 80, `setup.py develop` re-runs pip with build isolation,
-  # which cannot see this environment's torch.
-  pip_install --no-build-isolation "$D2_TREE"
+  # which cannot see this environment's torch. The compiled wheel is kept in .whl/, named by the
+  # archive's hash and the Python version (tools/d2_wheel_dir.sh), so that another environment
+  # with this torch (tools/check_wheel.sh) installs the same build instead of compiling again.
+  WHEELS=$(bash tools/d2_wheel_dir.sh "$D2_SOURCE" "$PY")
+  if [ -n "$WHEELS" ] && ls "$WHEELS"/detectron2-*.whl > /dev/null 2>&1; then
+    echo "[setup] installing detectron2 compiled earlier from $D2_SOURCE ($WHEELS)"
+  elif [ -n "$WHEELS" ]; then
+    echo "[setup] building detectron2 from $D2_SOURCE (C++/CUDA ops compiled, a few minutes)"
+    "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w "$WHEELS.partial" "$D2_TREE"
+    mv "$WHEELS.partial" "$WHEELS"
+  fi
+  if [ -n "$WHEELS" ]; then
+    pip_install --no-build-isolation "$WHEELS"/detectron2-*.whl
+  else
+    echo "[setup] building detectron2 from $D2_SOURCE (C++/CUDA ops compiled, a few minutes)"
+    pip_install --no-build-isolation "$D2_TREE"
+  fi
 fi
 
 # -I: the check must not find the package through the current directory.
