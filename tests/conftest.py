@@ -12,7 +12,10 @@ from fishnet_d2.apps.data import DEMO_DATASET_PREFIX, DEMO_SPEC, ensure_syntheti
 from fishnet_d2.engine import Trainer
 from fishnet_d2.model_zoo import load_config
 
+from fishnet_d2.weights.download import CACHE_ENV, MIRROR_ENV
+
 from .support import REFERENCE, REPO, TINY_SHAPES, register_tiny_shapes, tiny_mask_rcnn_cfg
+from .weights_mirror import Mirror, write_published
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,3 +84,26 @@ def demo_checkpoint(demo_datasets: Path, tmp_path_factory: pytest.TempPathFactor
     trainer.resume_or_load(resume=False)
     trainer.train()
     return config, output / "model_final.pth", names
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """The published weights files, generated once per session (tests/weights_mirror.py)."""
+    return write_published(tmp_path_factory.mktemp("published"))
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mirror]:
+    """An empty mirror on 127.0.0.1, named by FISHNET_D2_MIRROR; an empty cache in FISHNET_D2_CACHE."""
+    server = Mirror({})
+    monkeypatch.setenv(MIRROR_ENV, server.url)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def published_mirror(mirror: Mirror, published: Dict[str, Path]) -> Mirror:
+    """The mirror of the published files."""
+    mirror.files.update(published)
+    return mirror
