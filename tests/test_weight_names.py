@@ -6,6 +6,7 @@ other bytes, is served under its own hash through an entry the test makes
 (``dataclasses.replace`` of the published one); under the published name it must be refused.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -208,20 +209,45 @@ def test_unknown_and_unpublished_names():
             assert words in str(raised.value)
 
 
+# RESOLVE with Python's Ctrl-C handler (KeyboardInterrupt) installed whatever SIGINT's disposition
+# the child inherits. A process started from a background job of a non-interactive shell (`make
+# test &` in a script, some CI runners) inherits SIGINT *ignored*, and Python then installs no
+# handler: the SIGINT below would do nothing and the child would finish the download (exit 0).
+# A Ctrl-C typed in a terminal reaches a process with the default disposition; this one too.
+RESOLVE_WITH_CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + RESOLVE
+
+
+def downloading(cache: Path) -> bool:
+    """Whether a download into ``cache`` has written bytes (its temporary file may vanish meanwhile)."""
+    for partial in cache.rglob("*.download"):
+        with contextlib.suppress(FileNotFoundError):
+            if partial.stat().st_size:
+                return True
+    return False
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_the_download_leaves_nothing(published_mirror, tmp_path):
-    published_mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.5)
+    published_mirror.faults[OFFICIAL_150.file_name] = ("slow", 0.5)  # ~100 MB at 2 MB/s: ~50 s
     cache = tmp_path / "cache"
     child = subprocess.Popen(
-        [sys.executable, "-c", RESOLVE, SCHEME + "fishnet150_official"],
+        [sys.executable, "-c", RESOLVE_WITH_CTRL_C, SCHEME + "fishnet150_official"],
         env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not any(p.stat().st_size for p in cache.rglob("*.download")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode != 0
+    try:
+        deadline = time.monotonic() + 120
+        while not downloading(cache):
+            assert child.poll() is None, f"the child ended before its download began:\n{child.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "the download did not begin within 120 s"
+            time.sleep(0.1)
+        assert child.poll() is None  # mid-download: the rest of the file is seconds away
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode != 0, stderr
     assert "KeyboardInterrupt: fishnet://ImageNet/fishnet150_official: interrupted while fetching" in stderr, stderr
     assert cache_files(cache) == []
 
