@@ -65,11 +65,14 @@ def test_converter_cli_bare_state_dict_and_pkl(tmp_path):
     assert "FishNet-99 (1000 classes)" in result.stdout and "DEPTH: 99" in result.stdout
     with open(tmp_path / "out" / "fishnet99_d2.pkl", "rb") as f:
         data = pickle.load(f)
-    assert data["matching_heuristics"] is True and "__author__" in data
+    assert data["matching_heuristics"] is True and "__author__" in data and data["fishnet_d2_format"] == 2
     layout = official_layout(FISHNET_VARIANTS[99], 1000)
-    assert set(data["model"]) == {ours for ours, _ in layout.values()}
-    ours, _ = layout["fish.fish.9.1.3.conv3.weight"]
-    assert (data["model"][ours] == official["fish.fish.9.1.3.conv3.weight"].numpy()).all()
+    # The network under "model", the classifier apart, BatchNorm's counters in neither.
+    ours = {ours for ours, _ in layout.values() if not ours.endswith("num_batches_tracked")}
+    assert set(data["model"]) == {k for k in ours if not k.startswith("classifier.")}
+    assert set(data["imagenet_classifier"]) == {k for k in ours if k.startswith("classifier.")}
+    for official_key, part in (("fish.fish.9.1.3.conv3.weight", "model"), ("fish.fish.9.4.1.weight", "imagenet_classifier")):
+        assert (data[part][layout[official_key][0]] == official[official_key].numpy()).all()
 
 
 @pytest.mark.parametrize(

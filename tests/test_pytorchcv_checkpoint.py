@@ -18,7 +18,7 @@ from pytorchcv.models.preresnet import preresnet50
 from torch import nn
 
 from fishnet_d2 import FishNet
-from fishnet_d2.weights.convert import save_d2_checkpoint
+from fishnet_d2.weights.convert import load_state_dict, save_d2_checkpoint
 from fishnet_d2.weights.pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
 
 from .support import REPO, TINY_ARCH, fishnet_cfg, run_converter
@@ -131,7 +131,8 @@ def test_converted_pytorchcv_weights_give_pytorchcv_logits(tmp_path, pytorchcv_w
     cfg.MODEL.FISHNET.NUM_CLASSES = 1000
     cfg.MODEL.FISHNET.OUT_FEATURES = ["head5", "linear"]
     backbone = build_backbone(cfg)
-    backbone.load_state_dict(torch.load(output, weights_only=True)["model"], strict=True)
+    # Every tensor of the file, its classifier's too (kept apart from the network's).
+    backbone.load_state_dict(load_state_dict(str(output)), strict=True)
 
     # pytorchcv's classifier pools 7x7: 224x224 inputs give one logit per class.
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

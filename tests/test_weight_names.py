@@ -79,14 +79,20 @@ def test_first_use_fetches_converts_and_caches_then_uses_the_cache(published_mir
 
     cached = torch.load(path, weights_only=True)
     served = torch.load(published["fishnet150_ckpt.tar"], weights_only=True)["state_dict"]
-    assert cached["matching_heuristics"] is True
+    assert cached["matching_heuristics"] is True and cached["fishnet_d2_format"] == 2
     sha256 = hashlib.sha256(published["fishnet150_ckpt.tar"].read_bytes()).hexdigest()
     assert sha256 in cached["__author__"]
-    model = cached["model"]
-    assert len(model) == len(served) == 905
+    # The served 905 tensors: the network's 744 under "model", the classifier's 11 apart, and
+    # the 150 BatchNorm counters in neither.
+    model, classifier = cached["model"], cached["imagenet_classifier"]
+    assert (len(model), len(classifier), len(served)) == (744, 11, 905)
     for ours, official in [("stem.conv1.conv.weight", "conv1.0.weight"), ("bridge.attention.excite.bias", "fish.fish.3.3.0.5.bias")]:
         assert torch.equal(model[ours], served[f"module.{official}"])
-    assert sorted(t.numel() for t in model.values()) == sorted(t.numel() for t in served.values())
+    assert torch.equal(classifier["classifier.fc.weight"], served["module.fish.fish.9.4.1.weight"])
+    counters = [t.numel() for k, t in served.items() if k.endswith("num_batches_tracked")]
+    assert len(counters) == 150
+    kept = sorted(t.numel() for t in [*model.values(), *classifier.values()])
+    assert kept == sorted(t.numel() for k, t in served.items() if not k.endswith("num_batches_tracked"))
 
     # Later uses: the cached file, without a request, even with no server at all.
     monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{closed_port()}")
@@ -120,11 +126,12 @@ def test_pytorchcv_zip_is_unpacked_and_checked_by_its_sha1(published_mirror, pub
     published_mirror.files[archive.name] = archive
     path = fetch_weights(entry)
     assert published_mirror.requests == [archive.name]
-    model = torch.load(path, weights_only=True)["model"]
+    cached = torch.load(path, weights_only=True)
+    model, classifier = cached["model"], cached["imagenet_classifier"]
     served = pytorchcv_state_dict(150)
     assert torch.equal(model["stem.conv1.conv.weight"], served["features.init_block.conv1.conv.weight"])
-    assert torch.equal(model["classifier.fc.bias"], served["output.final_conv.bias"])
-    assert len(model) == len(served)
+    assert torch.equal(classifier["classifier.fc.bias"], served["output.final_conv.bias"])
+    assert len(model) + len(classifier) == len([k for k in served if not k.endswith("num_batches_tracked")])
     assert cache_files(tmp_path / "cache") == ["fishnet150_pytorchcv.pth"]
 
 
@@ -133,7 +140,7 @@ def test_mirror_may_be_a_directory(published, tmp_path, monkeypatch):
     monkeypatch.setenv(MIRROR_ENV, published["fishnet99_ckpt.tar"].parent.as_uri())
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     path = PathManager.get_local_path(SCHEME + "fishnet99_official")
-    assert len(torch.load(path, weights_only=True)["model"]) == 599
+    assert len(torch.load(path, weights_only=True)["model"]) == 489  # FishNet-99's 599 less counters, classifier
 
 
 @pytest.mark.slow
@@ -143,7 +150,7 @@ def test_the_converter_takes_a_weight_name(published_mirror, tmp_path):
     assert result.returncode == 0, result.stderr
     assert published_mirror.requests == ["fishnet99_ckpt.tar"] and "FishNet-99" in result.stdout
     with open(output, "rb") as f:
-        assert len(pickle.load(f)["model"]) == 599
+        assert len(pickle.load(f)["model"]) == 489
     result = run_converter(SCHEME + "fishnext150", tmp_path / "fishnext150.pkl")
     assert result.returncode == 1 and "Two ways on" in result.stderr
     assert not (tmp_path / "fishnext150.pkl").exists()
@@ -285,7 +292,7 @@ def test_processes_starting_together_download_once(published_mirror, tmp_path):
     assert [out.strip() for out, _ in results] == [expected, expected]
     assert published_mirror.requests == [OFFICIAL_150.file_name]
     assert sum("Waiting for another process" in err for _, err in results) == 1
-    assert len(torch.load(expected, weights_only=True)["model"]) == 905
+    assert len(torch.load(expected, weights_only=True)["model"]) == 744
 
 
 # ---- the configs name the weights ----
@@ -387,8 +394,9 @@ def test_training_from_an_empty_directory_starts_from_the_named_weights(publishe
     converted = torch.load(tmp_path / "cache" / "ImageNet" / "fishnet150_official.pth", weights_only=True)["model"]
     backbone = {k[len("backbone.bottom_up.") :]: v for k, v in trained["model"].items() if k.startswith("backbone.bottom_up.")}
     compared = [k for k in backbone if k in converted]
-    # Every tensor of the backbone: the file's 905 less 150 BatchNorm counters and the classifier's 11.
-    assert len(compared) == len(backbone) == 744
+    # Every tensor of the backbone: the file's 744 (the published 905 less 150 BatchNorm counters
+    # and the classifier's 11, kept apart).
+    assert len(compared) == len(backbone) == len(converted) == 744
     for key in compared:
         assert torch.equal(backbone[key], converted[key]), key
     assert sorted(os.listdir(workdir)) == ["output"]  # nothing else written where it ran

@@ -20,6 +20,11 @@ raises :class:`CheckpointLoadError` and the model is left as it was. Heads are n
 checkpoint of the same backbone with other heads, or backbone-only weights (ImageNet), load as in
 Detectron2, which logs the keys it skipped.
 
+Converted ImageNet weights (:mod:`fishnet_d2.weights.imagenet_file`, either format) give the
+network's tensors without BatchNorm's counters, and the ImageNet classifier's only to a model
+that has a classifier of its names (a FishNet with ``NUM_CLASSES``): a detector reports no tensor
+of the file as unused, only its own new modules as missing.
+
 Writing: each checkpoint and the ``last_checkpoint`` tag go to a temporary file in the same
 directory, flushed to disk, then renamed over the final name (:func:`fishnet_d2.weights.atomic_file.
 atomic_write`); a process killed while saving leaves the previous checkpoint and tag intact and
@@ -37,6 +42,7 @@ from torch import nn
 from ..backports import DetectionCheckpointer
 from .atomic_file import atomic_write
 from .files import CheckpointLoadError, UnsafeCheckpointError, listing, read_checkpoint
+from .imagenet_file import CLASSIFIER_KEY, is_converted_file, split_weights, whole_state_dict
 
 __all__ = ["CheckpointLoadError", "UnsafeCheckpointError", "FishNetCheckpointer"]
 
@@ -101,6 +107,8 @@ class FishNetCheckpointer(DetectionCheckpointer):
         return read_checkpoint(filename)
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        if is_converted_file(checkpoint):
+            self._take_imagenet_weights(checkpoint)
         heuristics = checkpoint.get("matching_heuristics", False)
         if heuristics:  # as DetectionCheckpointer would, before checking what the names give
             checkpoint["model"] = align_and_update_state_dicts(
@@ -109,6 +117,17 @@ class FishNetCheckpointer(DetectionCheckpointer):
             checkpoint["matching_heuristics"] = False  # applied
         self._check_same_model(checkpoint["model"], heuristics)
         return super()._load_model(checkpoint)
+
+    def _take_imagenet_weights(self, checkpoint: Dict[str, Any]) -> None:
+        """Put under ``"model"`` what the model takes of converted ImageNet weights: the network
+        without BatchNorm's counters, with the classifier only if the model has one of its names."""
+        network, classifier = split_weights(whole_state_dict(checkpoint))
+        checkpoint.pop(CLASSIFIER_KEY, None)
+        model_keys = self.model.state_dict().keys()
+        # As Detectron2's name matching (and plain loading) would find the classifier in the model.
+        if any(k == c or k.endswith("." + c) for c in classifier for k in model_keys):
+            network.update(classifier)
+        checkpoint["model"] = network
 
     def _check_same_model(self, weights: Mapping[str, torch.Tensor], heuristics: bool) -> None:
         """Raise CheckpointLoadError, before anything is loaded, for a file of another model."""

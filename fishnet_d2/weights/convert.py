@@ -19,7 +19,8 @@ and containers), so no code in the input runs. Every key and shape is checked ag
 layout of the architecture found; on any mismatch nothing is written and the closest layout's
 missing, unexpected and mis-shaped keys are listed. The output is written atomically: ``.pkl``
 in Detectron2's model-zoo format (numpy arrays), anything else as a torch-saved
-``{"model": tensors, ...}``.
+``{"model": tensors, ...}``; what it holds (the network under ``"model"``, without BatchNorm's
+counters; the ImageNet classifier apart) is :mod:`fishnet_d2.weights.imagenet_file`'s format.
 """
 
 import argparse
@@ -37,6 +38,7 @@ from detectron2.utils.file_io import PathManager
 
 from .atomic_file import atomic_write
 from .files import CheckpointLoadError, listing, read_checkpoint
+from .imagenet_file import CLASSIFIER_KEY, file_content, whole_state_dict
 from ..modeling import FISHNET_VARIANTS, FishNetArch, fishnet_arch_to_config
 from .official_layout import infer_arch, official_key, official_layout, variant_name
 from .pytorchcv_layout import PYTORCHCV_VARIANTS, pytorchcv_layout
@@ -138,6 +140,8 @@ class Layout:
     prefixes: Tuple[str, ...]  # the first names of its keys, to recognise it
     candidates: Callable[[Mapping[str, torch.Tensor]], Candidates]
     key_map: Callable[[FishNetArch, int], KeyMap]
+    # Keys that may be absent, by their last name (this project's files leave out BatchNorm's counters).
+    optional: Tuple[str, ...] = ()
 
 
 LAYOUTS: Dict[str, Layout] = {
@@ -154,7 +158,7 @@ LAYOUTS: Dict[str, Layout] = {
         Layout(
             "fishnet_d2", "a fishnet_d2 FishNet state_dict",
             ("stem.", "tail.", "bridge.", "body.", "head.", "classifier."),
-            _fishnet_d2_candidates, _fishnet_d2_layout,
+            _fishnet_d2_candidates, _fishnet_d2_layout, optional=("num_batches_tracked",),
         ),
     )
 }  # fmt: skip
@@ -169,17 +173,20 @@ def _layout(name: str, arch: FishNetArch, num_classes: int) -> KeyMap:
 def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """The weights in ``path``, found as :func:`fishnet_d2.weights.files.read_checkpoint` finds
     them (the ``state_dict`` of an official checkpoint, the ``model`` of a Detectron2 weights file,
-    or a bare state_dict), as tensors, DataParallel's ``module.`` prefix removed. No code in the
-    file runs. Raises CheckpointLoadError for anything else."""
-    return read_checkpoint(path)["model"]
+    or a bare state_dict; in this converter's files, the classifier kept apart too), as tensors,
+    DataParallel's ``module.`` prefix removed. No code in the file runs. Raises
+    CheckpointLoadError for anything else."""
+    return whole_state_dict(read_checkpoint(path))
 
 
 # The name the first version gave load_state_dict, which read official checkpoints only.
 load_official_state_dict = load_state_dict
 
 
-def _mismatches(state_dict: Mapping[str, torch.Tensor], layout: KeyMap) -> Tuple[List[str], List[str], List[str]]:
-    missing = [k for k in layout if k not in state_dict]
+def _mismatches(
+    state_dict: Mapping[str, torch.Tensor], layout: KeyMap, optional: Tuple[str, ...] = ()
+) -> Tuple[List[str], List[str], List[str]]:
+    missing = [k for k in layout if k not in state_dict and k.rsplit(".", 1)[-1] not in optional]
     unexpected = [k for k in state_dict if k not in layout]
     misshaped = [
         f"{k}: {tuple(state_dict[k].shape)}, expected {tuple(layout[k][1])}"
@@ -214,7 +221,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], layout: Optional[
         candidates, note = LAYOUTS[name].candidates(state_dict)
         for arch, num_classes in dict.fromkeys(candidates):
             mapping = _layout(name, arch, num_classes)
-            problems = _mismatches(state_dict, mapping)
+            problems = _mismatches(state_dict, mapping, LAYOUTS[name].optional)
             if not any(problems):
                 converted = {mapping[k][0]: v.detach().clone().contiguous() for k, v in state_dict.items()}
                 return ConvertedCheckpoint(converted, arch, num_classes, name)
@@ -244,16 +251,20 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Conve
 
 
 def save_d2_checkpoint(state_dict: Mapping[str, torch.Tensor], output: str, author: str) -> None:
-    """Write ``state_dict`` as a Detectron2 weights file, atomically (temp file, then rename).
+    """Write the FishNet weights ``state_dict`` (our names) as a Detectron2 weights file,
+    atomically (temp file, then rename), in :mod:`fishnet_d2.weights.imagenet_file`'s format: the
+    network under ``"model"`` without BatchNorm's counters, the classifier apart.
 
     ``.pkl``: Detectron2's model-zoo format (numpy arrays, read with plain pickle by Detectron2).
     Otherwise torch format, which torch >= 2.6 loads with ``weights_only`` (no pickled code).
-    ``matching_heuristics`` lets one file initialise the plain backbone, the FPN backbone and the
-    classifier alike (Detectron2 matches the keys by suffix).
+    ``matching_heuristics`` lets one file initialise the plain backbone and the FPN backbone alike
+    (Detectron2 matches the keys by suffix).
     """
-    content = {"model": dict(state_dict), "__author__": author, "matching_heuristics": True}
+    content = file_content(state_dict, author)
     if Path(output).suffix == ".pkl":
-        content["model"] = {k: v.numpy() for k, v in state_dict.items()}
+        for part in ("model", CLASSIFIER_KEY):
+            if part in content:
+                content[part] = {k: v.numpy() for k, v in content[part].items()}
         atomic_write(output, lambda f: pickle.dump(content, f))
     else:
         atomic_write(output, lambda f: torch.save(content, f))

@@ -6,7 +6,9 @@ The first call downloads the published file (or its copy on ``$FISHNET_D2_MIRROR
 (:mod:`fishnet_d2.weights.zoo` says what is checked for each source), converts it with
 :mod:`fishnet_d2.weights.convert` (every key and shape, no code run) and writes the converted file
 atomically to ``<cache>/ImageNet/<name>.pth``; later calls return that file without any network
-access. ``<cache>`` is ``$FISHNET_D2_CACHE``, else ``fishnet_d2`` in iopath's cache directory
+access. An entry an earlier version wrote in an older format
+(:mod:`fishnet_d2.weights.imagenet_file`) is rewritten in the current one on its first use, from
+its own tensors, without network access. ``<cache>`` is ``$FISHNET_D2_CACHE``, else ``fishnet_d2`` in iopath's cache directory
 (``$FVCORE_CACHE``, else ``~/.torch/iopath_cache``).
 
 Processes that fetch the same weights at once (the workers of a multi-GPU job, on one machine or
@@ -30,12 +32,16 @@ import zipfile
 from typing import IO, Iterator, List, Optional
 
 import portalocker
+import torch
 from iopath.common.file_io import get_cache_dir
 from tqdm import tqdm
 
 from ..modeling import FISHNET_VARIANTS
 from ..version import __version__
+from .atomic_file import atomic_write
 from .convert import CheckpointLoadError, convert_state_dict, load_state_dict, save_d2_checkpoint
+from .files import read_checkpoint
+from .imagenet_file import WEIGHTS_FORMAT, file_format, is_converted_file, upgraded
 from .zoo import PUBLISHED_WEIGHTS, SCHEME, UNPUBLISHED_WEIGHTS, PublishedWeights, weight_name
 
 __all__ = [
@@ -303,11 +309,47 @@ def _fetch(weights: PublishedWeights, url: str, output: str, cache: str) -> None
     logger.info(f"Converted {url} into {output}")
 
 
+def _lock_path(output: str) -> str:
+    """The lock file that fetching (or rewriting) the cache entry ``output`` holds."""
+    return os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.lock")
+
+
+def _in_an_older_format(entry: str) -> bool:
+    """Whether the cache entry ``entry`` holds converted weights in an older format than
+    WEIGHTS_FORMAT. Only the file's index is read (its tensors are memory-mapped, not read)."""
+    try:
+        content = torch.load(entry, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable: left as it is, for the checkpointer to name the problem
+        return False
+    return isinstance(content, dict) and is_converted_file(content) and file_format(content) < WEIGHTS_FORMAT
+
+
+def _rewrite_in_current_format(entry: str) -> None:
+    """Rewrite the cache entry ``entry`` in the current format, from its own tensors, under the
+    entry's lock. Where it cannot be rewritten (a read-only cache), it stays as it is, with a
+    warning: it loads as before, with reports of the tensors a detector does not use."""
+    try:
+        with open(_lock_path(entry), "a") as lock_file, _exclusive(lock_file, entry):
+            if not _in_an_older_format(entry):  # rewritten by another process meanwhile
+                return
+            content = upgraded(read_checkpoint(entry))
+            atomic_write(entry, lambda f: torch.save(content, f))
+    except (OSError, RuntimeError, CheckpointLoadError) as e:  # torch.save: a full disk is a RuntimeError
+        logger.warning(
+            f"{entry} is in the format of an earlier fishnet_d2 and could not be rewritten in the current "
+            f"one ({_first_line(e)}): it is loaded as it is, and Detectron2's checkpointer lists its BatchNorm "
+            "counters and ImageNet classifier as unused. Delete it to fetch it again."
+        )
+        return
+    logger.info(f"Rewrote {entry} in the current format (format {WEIGHTS_FORMAT}; the same weights)")
+
+
 def fetch_weights(
     weights: PublishedWeights, *, cache: Optional[str] = None, mirror: Optional[str] = None, force: bool = False
 ) -> str:
     """The local path of ``weights`` converted to Detectron2's format: the cache entry, made on
-    first use (see the module docstring). ``force`` fetches again over an existing entry.
+    first use (see the module docstring); an entry in an older format is rewritten in the
+    current one. ``force`` fetches again over an existing entry.
 
     Raises:
         WeightsUnavailableError: the weights could not be fetched, checked or cached.
@@ -315,10 +357,12 @@ def fetch_weights(
     cache = cache or cache_dir()
     output = cached_path(weights, cache)
     if os.path.isfile(output) and not force:
+        if _in_an_older_format(output):
+            _rewrite_in_current_format(output)
         return output
     url = download_url(weights, mirror)
     directory = os.path.dirname(output)
-    lock_path = os.path.join(directory, f".{os.path.basename(output)}.lock")
+    lock_path = _lock_path(output)
     try:
         os.makedirs(directory, exist_ok=True)
         lock_file = open(lock_path, "a")

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 import torch
 
+from .imagenet_file import CLASSIFIER_KEY
 from .safe_pickle import ForbiddenGlobalError, load_pickle
 
 __all__ = [
@@ -147,12 +148,12 @@ def strip_module_prefix(weights: Mapping[str, Any]) -> Dict[str, Any]:
     return dict(weights)
 
 
-def _checked_weights(filename: str, weights: Any) -> Dict[str, torch.Tensor]:
-    """``weights`` as tensors, DataParallel's ``module.`` prefix removed; CheckpointLoadError
-    unless they are tensors or numeric numpy arrays named by strings."""
+def _checked_weights(filename: str, weights: Any, part: str = "model") -> Dict[str, torch.Tensor]:
+    """``weights`` (the file's ``part``) as tensors, DataParallel's ``module.`` prefix removed;
+    CheckpointLoadError unless they are tensors or numeric numpy arrays named by strings."""
     if not isinstance(weights, Mapping) or not weights:
         what = "empty" if isinstance(weights, Mapping) else f"a {type(weights).__name__}"
-        raise CheckpointLoadError(f"{filename}: not a checkpoint: its weights ('model') are {what}")
+        raise CheckpointLoadError(f"{filename}: not a checkpoint: its weights ({part!r}) are {what}")
     bad = []
     for key, value in weights.items():
         if not isinstance(key, str):
@@ -189,6 +190,9 @@ def read_checkpoint(filename: str) -> Dict[str, Any]:
       of a checkpoint of the official FishNet code (its epoch and optimizer left out), or the
       whole file as a bare state_dict.
 
+    The ImageNet classifier that fishnet_d2's converted files keep apart (``"imagenet_classifier"``,
+    :mod:`fishnet_d2.weights.imagenet_file`) is checked and made tensors as the weights are.
+
     Raises CheckpointLoadError (naming the file) for anything else, UnsafeCheckpointError for a
     file that names code, FileNotFoundError for a missing file.
     """
@@ -221,4 +225,6 @@ def read_checkpoint(filename: str) -> Dict[str, Any]:
     else:
         checkpoint = {"model": data}
     checkpoint["model"] = _checked_weights(filename, checkpoint["model"])
+    if CLASSIFIER_KEY in checkpoint:
+        checkpoint[CLASSIFIER_KEY] = _checked_weights(filename, checkpoint[CLASSIFIER_KEY], CLASSIFIER_KEY)
     return checkpoint
