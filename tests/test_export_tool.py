@@ -214,6 +214,24 @@ def test_the_trained_demo_model_in_onnxruntime_matches_eager(demo_checkpoint, tm
 
 
 @pytest.mark.slow
+def test_skip_check_writes_the_model_without_running_it_and_still_times_it(config_files, tmp_path, monkeypatch):
+    """--skip-check (docs/deploy.md times FishNet-150 from random weights so): no check runs, the
+    model and export_info.json (check: null) are written, and --time times it."""
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("--skip-check ran the check")
+
+    monkeypatch.setattr("fishnet_d2.apps.export.cli.check_export", no_check)
+    overrides = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    status, out, err = run("--config-file", config_files["mask_rcnn"], "--format", "onnx", "--output", tmp_path,
+                           "--skip-check", "--time", "1", *overrides)  # fmt: skip
+    assert status == 0, err
+    info = json.loads((tmp_path / "export_info.json").read_text())
+    assert info["check"] is None and info["timing"]["exported_seconds_per_image"] > 0
+    assert (tmp_path / "model.onnx").is_file() and "largest difference" not in out
+
+
+@pytest.mark.slow
 def test_a_compiled_fishnet_config_exports_the_eager_model(config_files, tmp_path):
     status, out, err = run(
         "--config-file", config_files["faster_rcnn"], "--export-method", "scripting",
