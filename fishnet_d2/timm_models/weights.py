@@ -167,7 +167,8 @@ def load_pretrained_file(model: nn.Module, path: str) -> None:
     if left_out:
         logger.info(f"{_source(model)}: their classifier conv is for another number of classes; left out")
     result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] != CLASSIFIER]
+    # BatchNorm's batch counters, which this project's converted files leave out, keep the model's.
+    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] != CLASSIFIER and not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:  # checkpoint_filter_fn checked them: a bug if reached
         raise RuntimeError(f"{_source(model)}: missing {missing}, unexpected {result.unexpected_keys}")
 
