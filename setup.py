@@ -52,7 +52,8 @@ setup(
     install_requires=["numpy", "iopath", "portalocker", "tqdm"],
     extras_require={
         "apps": APPS,
-        "test": APPS + ["pytest", "hypothesis", "pytorchcv", "build", "twine"],
+        "timm": ["timm"],  # fishnet_d2.timm_models: FishNet in timm (docs/timm.md)
+        "test": APPS + ["pytest", "hypothesis", "pytorchcv", "build", "twine", "timm", "transformers", "segmentation-models-pytorch"],
     },
     entry_points={"console_scripts": ["fishnet-d2-convert=fishnet_d2.weights.convert:main"]},
     classifiers=[

@@ -63,7 +63,7 @@ fi
 echo "[setup] checking pinned dependencies"
 pip_install numpy pillow setuptools fvcore iopath pycocotools opencv-python-headless matplotlib \
   omegaconf hydra-core termcolor yacs tabulate cloudpickle tqdm tensorboard pytest hypothesis onnx onnxruntime \
-  pytorchcv build twine
+  pytorchcv timm transformers segmentation-models-pytorch build twine
 
 # A compiled detectron2 needs a source tree: a directory as is, an archive unpacked into UNPACKED.
 UNPACKED=""
