@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, Sequence, Set, Tuple
 
 import pytest
 import torch
@@ -433,3 +433,177 @@ def test_the_benchmark_measures_and_regenerates_the_document(tmp_path, monkeypat
 
     benchmark_main(list(rewrite))  # as written: --from-json docs/performance.json --write-doc docs/performance.md
     assert (tmp_path / "docs" / "performance.md").read_text() == written
+
+
+# --- names in the text -----------------------------------------------------------------------------
+
+TEXTS = {path: path.read_text(encoding="utf-8") for path in documents()}
+
+# Named in the text as Detectron2's, SLURM's or pip's, not this repository's.
+EXTERNAL_PATHS = {"tools/lazyconfig_train_net.py", "tools/deploy/export_model.py", "demo/demo.py", "configs/Detectron1-Comparisons"}
+EXTERNAL_OPTIONS = {
+    "--job-name", "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--time", "--signal",
+    "--requeue", "--open-mode",  # SLURM's sbatch
+    "--no-build-isolation",  # pip's
+}  # fmt: skip
+
+
+def code_spans(text: str) -> List[str]:
+    """The inline code of a Markdown text (fenced blocks left out), a span's line breaks as spaces."""
+    text = re.sub(r"^ {0,3}(```|~~~).*?^ {0,3}\1", "", text, flags=re.S | re.M)
+    return [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", text)]
+
+
+def _per_document(check) -> List[str]:
+    """``check(text)``'s problems in each document, named by file."""
+    return sorted({f"{path.relative_to(REPO)}: {problem}" for path, text in TEXTS.items() for problem in check(text)})
+
+
+def missing_config_keys(text: str) -> Iterator[str]:
+    cfg = fishnet_cfg()
+    for key in sorted(set(re.findall(r"\b(?:MODEL|SOLVER|INPUT|DATASETS|DATALOADER|TEST)(?:\.[A-Z0-9_]+)+", text))):
+        node = cfg
+        for part in key.split("."):
+            if not (isinstance(node, CfgNode) and part in node):
+                yield f"{key}: no such config key"
+                break
+            node = node[part]
+
+
+def test_config_keys_in_the_text_exist():
+    assert not (problems := _per_document(missing_config_keys)), "\n".join(problems)
+
+
+def _expand(pattern: str) -> List[str]:
+    """``a{1,2}b{x,y}`` -> a1bx, a1by, a2bx, a2by."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if not match:
+        return [pattern]
+    return [p for choice in match.group(1).split(",") for p in _expand(pattern[: match.start()] + choice + pattern[match.end() :])]
+
+
+ROOTS = ("tools", "tests", "fishnet_d2", "configs", "docs", ".ci")
+CONFIG_DIRS = ("COCO-[A-Za-z*]+", "Misc", "Demo", "Ablation", "common")
+PATH = re.compile(r"(?<![\w/.$-])((?:%s)/[\w./*{},-]*|(?:%s)/[\w./*{},-]+)" % ("|".join(map(re.escape, ROOTS)), "|".join(CONFIG_DIRS)))
+
+
+@functools.lru_cache(maxsize=None)
+def _repository_files() -> Tuple[str, ...]:
+    return tuple(p.relative_to(REPO).as_posix() for root in ROOTS for p in (REPO / root).rglob("*.py"))
+
+
+def missing_paths(text: str) -> Iterator[str]:
+    """Config names (``COCO-Detection/...yaml``, ``{a,b}`` and ``*`` expanded) that no config
+    file has, and paths under ROOTS that do not exist; a Python file named alone in inline code
+    (``optimize/folding.py``, ``stages.py``) that no file of the repository is."""
+    for token in PATH.findall(text):
+        token = token.split("::")[0].rstrip(".,")
+        if token in EXTERNAL_PATHS:
+            continue
+        for name in _expand(token):
+            under = REPO if name.split("/")[0] in ROOTS else REPO / "configs"
+            if not list(under.glob(name.rstrip("/"))):
+                yield f"{name}: no such file or directory"
+    for span in code_spans(text):
+        if re.match(r"^[\w/]*\w\.py$", span) and span not in EXTERNAL_PATHS:
+            if not any(("/" + f).endswith("/" + span) for f in _repository_files()):
+                yield f"{span}: no such file"
+
+
+def test_configs_and_repository_paths_in_the_text_exist():
+    assert not (problems := _per_document(missing_paths)), "\n".join(problems)
+
+
+def missing_python_names(text: str) -> Iterator[str]:
+    """``fishnet_d2.x.y`` names that do not import (a module) or resolve (an attribute)."""
+    for name in sorted(set(re.findall(r"\bfishnet_d2(?:\.\w+)+", text))):
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):  # the longest prefix that is a module
+            try:
+                obj = importlib.import_module(".".join(parts[:k]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for attr in parts[k:]:
+            if not hasattr(obj, attr):
+                yield f"{name}: no such name"
+                break
+            obj = getattr(obj, attr)
+
+
+def test_fishnet_d2_names_in_the_text_exist():
+    assert not (problems := _per_document(missing_python_names)), "\n".join(problems)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> Set[str]:
+    text = re.sub(r"^ {0,3}(```|~~~).*?^ {0,3}\1", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {_anchor(heading) for heading in re.findall(r"^#{1,6}\s+(.*)$", text, re.M)}
+
+
+def test_links_lead_to_files_and_headings_that_exist():
+    problems = []
+    for path, text in TEXTS.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue  # https:, mailto:
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file) if file else path
+            if not linked.exists():
+                problems.append(f"{path.relative_to(REPO)}: ({target}): no such file")
+            elif anchor and anchor not in _anchors(linked):
+                problems.append(f"{path.relative_to(REPO)}: ({target}): no such heading in {file or path.name}")
+    assert not problems, "\n".join(problems)
+
+
+@functools.lru_cache(maxsize=None)
+def known_options() -> Set[str]:
+    """Every option of the tools the docs name, of Detectron2's default parser and of torchrun."""
+    tools = {Path(t).name for text in TEXTS.values() for t in re.findall(r"tools/\w+\.py", text) if (REPO / t).is_file()}
+    parsers = [tool_parser(name) for name in sorted(tools)] + [default_argument_parser(), torchrun_parser()]
+    return {option for parser in parsers for option in option_strings(parser)}
+
+
+def unknown_options(text: str) -> Iterator[str]:
+    for option in sorted(set(re.findall(r"(?<![\w-])--[a-z][\w-]*", text))):
+        if option not in known_options() and option not in EXTERNAL_OPTIONS:
+            yield f"{option}: no tool of the docs has this option"
+
+
+def test_options_in_the_text_are_options_of_a_tool():
+    """An option named anywhere in the text (``--video-input``), run or not, is one of a tool's."""
+    assert not (problems := _per_document(unknown_options)), "\n".join(problems)
+
+
+def inline_command_problems(text: str) -> Iterator[str]:
+    """Inline ``make`` commands and tool command lines (``python tools/X.py ...``, or
+    ``tools/X.py ...``) checked as the blocks' are."""
+    for span in code_spans(text):
+        span = re.sub(r"^(tools/\w+\.py)\b", r"python \1", span)
+        for words in documented_commands(span):
+            if (words[0] == "make" and len(words) > 1) or (words[0] == "python" and len(words) > 2):
+                try:
+                    check_command(words)
+                except (AssertionError, FileNotFoundError, ValueError, KeyError) as e:
+                    yield f"`{span}`: {e}"
+
+
+def test_inline_commands_are_right():
+    assert not (problems := _per_document(inline_command_problems)), "\n".join(problems)
+
+
+def test_a_renamed_key_or_file_in_the_text_fails_the_checks():
+    text = "Set `MODEL.FISHNET.DEPTHS` in `configs/COCO-Detection/faster_rcnn_fishnet{99,152}_FPN_1x.yaml`, see `optimize/fold.py`."
+    assert list(missing_config_keys(text)) == ["MODEL.FISHNET.DEPTHS: no such config key"]
+    assert list(missing_paths(text)) == [
+        "configs/COCO-Detection/faster_rcnn_fishnet152_FPN_1x.yaml: no such file or directory",
+        "optimize/fold.py: no such file",
+    ]
+    text = "`fishnet_d2.engine.REQUEUE_STATUS`, `make tests`, `tools/predict.py --input x --output y --threshold 0.5`, `--video`."
+    assert list(missing_python_names(text)) == ["fishnet_d2.engine.REQUEUE_STATUS: no such name"]
+    assert [p.split(": ")[0] for p in inline_command_problems(text)] == ["`make tests`", "`python tools/predict.py --input x --output y --threshold 0.5`"]
+    assert list(unknown_options(text)) == ["--threshold: no tool of the docs has this option", "--video: no tool of the docs has this option"]
