@@ -8,7 +8,9 @@ torch's legacy format).
 
 Prints a Markdown table: time and peak memory of a fresh process that resolves
 ``fishnet://ImageNet/fishnet<depth>_official`` through Detectron2's PathManager (download +
-conversion), of one that only converts the same file already on disk, and the sizes on disk.
+conversion), of one that only converts the same file already on disk, of one that creates the
+timm model with ``pretrained=True`` from an empty cache (where timm is installed), and the sizes
+on disk.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -32,6 +35,9 @@ CHILD = r"""
 import json, sys, time
 import fishnet_d2
 from detectron2.utils.file_io import PathManager
+if sys.argv[1] == "timm":
+    import timm
+    import fishnet_d2.timm_models  # registers FishNet in timm
 from fishnet_d2.weights.convert import convert_state_dict, load_state_dict, save_d2_checkpoint
 
 def status(field):
@@ -43,6 +49,8 @@ baseline = status("VmRSS")
 start = time.perf_counter()
 if sys.argv[1] == "fetch":
     PathManager.get_local_path(sys.argv[2])
+elif sys.argv[1] == "timm":
+    timm.create_model(sys.argv[2], pretrained=True)
 else:
     converted = convert_state_dict(load_state_dict(sys.argv[2]), layout="official")
     save_d2_checkpoint(converted.state_dict, sys.argv[3], "measure")
@@ -106,6 +114,11 @@ def main() -> None:
         }
         fetched = run_child(env, "fetch", f"fishnet://ImageNet/{weights.name}")
         converted = run_child(env, "convert", str(source), str(root / "converted.pth"))
+        # timm.create_model(..., pretrained=True) from another empty cache: the same first use, then
+        # the model built and the weights loaded (fishnet_d2.timm_models).
+        timm_env = {**env, "FISHNET_D2_CACHE": str(root / "timm_cache")}
+        created = run_child(timm_env, "timm", f"fishnet{args.depth}") if find_spec("timm") else None
+        created_again = run_child(timm_env, "timm", f"fishnet{args.depth}") if find_spec("timm") else None
         server.shutdown()
         entry = root / "cache" / "ImageNet" / f"{weights.name}.pth"
         mb = 2**20
@@ -114,8 +127,12 @@ def main() -> None:
               f"command: python tools/measure_weight_fetch.py --depth {args.depth}\n")
         print("| step | time | peak memory (process) | of which the step |")
         print("| --- | --- | --- | --- |")
-        for name, run in (("first use: download from 127.0.0.1, check, convert, cache", fetched),
-                          ("conversion alone (file on disk)", converted)):
+        rows = [("first use: download from 127.0.0.1, check, convert, cache", fetched),
+                ("conversion alone (file on disk)", converted)]
+        if created is not None:
+            rows.append((f"timm.create_model(\"fishnet{args.depth}\", pretrained=True), empty cache", created))
+            rows.append(("the same, later (the cache entry)", created_again))
+        for name, run in rows:
             print(f"| {name} | {run['seconds']:.1f} s | {run['peak_rss_mb']:.0f} MB | "
                   f"{run['peak_rss_mb'] - run['baseline_rss_mb']:.0f} MB |")
         print(f"\nPublished-layout file: {source.stat().st_size / mb:.1f} MB; ", end="")
