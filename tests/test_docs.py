@@ -38,7 +38,6 @@ from fishnet_d2.apps.benchmark.report import DOC_BEGIN, DOC_END
 from fishnet_d2.model_zoo import get_config_file, load_config
 
 from .doc_blocks import (
-    GENERATED,
     REPO,
     Block,
     all_blocks,
@@ -54,6 +53,9 @@ BLOCKS = all_blocks()
 SHELL_BLOCKS = [block for block in BLOCKS if block.is_shell]
 PYTHON_BLOCKS = [block for block in BLOCKS if block.lang == "python"]
 YAML_BLOCKS = [block for block in BLOCKS if block.lang == "yaml"]
+
+# The blocks marked "run" that this file executes: test_python_blocks_run, test_yaml_blocks_*.
+RUNNABLE = ("python", "yaml")
 
 # What a YAML block of the docs is merged onto, and what a command's placeholder config (CONFIG)
 # stands for: the config of the README's examples.
@@ -89,6 +91,8 @@ def test_every_block_is_marked():
                 problems.append(f"{block.where}: unknown marker {block.marker!r}")
             elif block.kind in ("tested by", "not run") and not block.argument:
                 problems.append(f"{block.where}: {block.kind} what? ({block.marker!r})")
+            elif block.kind == "run" and block.lang not in RUNNABLE:
+                problems.append(f"{block.where}: this file runs {RUNNABLE} blocks; name a test that runs it (tested by)")
     assert not problems, "\n".join(problems)
 
 
@@ -611,5 +615,7 @@ def test_a_renamed_key_or_file_in_the_text_fails_the_checks():
     ]
     text = "`fishnet_d2.engine.REQUEUE_STATUS`, `make tests`, `tools/predict.py --input x --output y --threshold 0.5`, `--video`."
     assert list(missing_python_names(text)) == ["fishnet_d2.engine.REQUEUE_STATUS: no such name"]
-    assert [p.split(": ")[0] for p in inline_command_problems(text)] == ["`make tests`", "`python tools/predict.py --input x --output y --threshold 0.5`"]
-    assert list(unknown_options(text)) == ["--threshold: no tool of the docs has this option", "--video: no tool of the docs has this option"]
+    assert [p.split(": ")[0] for p in inline_command_problems(text)] == [
+        "`make tests`", "`python tools/predict.py --input x --output y --threshold 0.5`"
+    ]  # fmt: skip
+    assert [problem.split(":")[0] for problem in unknown_options(text)] == ["--threshold", "--video"]
