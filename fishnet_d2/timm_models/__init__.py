@@ -1,8 +1,8 @@
 """FishNet in timm: ``import fishnet_d2.timm_models`` registers ``fishnet99``, ``fishnet150``,
 ``fishnet201`` and ``fishnext150`` (with a pretrained tag for each published weights file) in
-timm's model registry, for ``timm.create_model`` and every library that builds its backbones with
-it (Hugging Face Transformers' ``TimmBackbone``, segmentation_models_pytorch's ``tu-`` encoders,
-mmpretrain's and detrex's ``TimmBackbone``). docs/timm.md shows each.
+timm's model registry, for ``timm.create_model`` and the libraries that build their backbones with
+it (Hugging Face Transformers' ``TimmBackbone``, segmentation_models_pytorch's ``tu-`` encoders;
+docs/timm.md shows each).
 
 Why this import: timm has no plugin entry point; it knows the models of its own modules, and a
 model that another package registers exists once the module that registers it has run (its
