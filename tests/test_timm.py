@@ -26,6 +26,7 @@ from fishnet_d2.weights.official_layout import infer_arch  # noqa: E402
 from fishnet_d2.weights.zoo import PUBLISHED_WEIGHTS, SCHEME  # noqa: E402
 
 from .support import GOLDEN_STAGES, GOLDEN_TOLERANCE, REPO, TINY_ARCH, relative_error  # noqa: E402
+from .weights_mirror import pytorchcv_state_dict  # noqa: E402
 
 TAGS = [
     "fishnet99.official_in1k",
@@ -307,6 +308,13 @@ def test_pretrained_true_fetches_the_named_weights_once(published_mirror, publis
     gray = timm.create_model("fishnet99", pretrained=True, in_chans=1, num_classes=5)
     assert published_mirror.requests == ["fishnet99_ckpt.tar"]
     assert features.feature_info.channels() == [320, 832, 1600, 2112] and gray(torch.rand(1, 1, 64, 64)).shape == (1, 5)
+    # pytorchcv's file (its own layout) given by path, and through checkpoint_path.
+    pytorchcv = tmp_path / "fishnet99_pytorchcv.pth"
+    torch.save(pytorchcv_state_dict(99), pytorchcv)
+    plain.load_state_dict(convert_state_dict(pytorchcv_state_dict(99), layout="pytorchcv").state_dict)
+    for given in (dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(pytorchcv))), dict(checkpoint_path=str(pytorchcv))):
+        with torch.no_grad():
+            torch.testing.assert_close(timm.create_model("fishnet99", **given).eval()(x), plain(x)["linear"], rtol=1e-4, atol=1e-4)
     # The download's own errors, with the timm way to give a file.
     published_mirror.faults["fishnet150_ckpt.tar"] = ("status", 403)
     with pytest.raises(WeightsUnavailableError, match=r"HTTP 403.*FISHNET_D2_MIRROR.*pretrained_cfg_overlay=dict\(file=PATH\)"):
