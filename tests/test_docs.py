@@ -590,12 +590,12 @@ def test_options_in_the_text_are_options_of_a_tool():
 
 
 def inline_command_problems(text: str) -> Iterator[str]:
-    """Inline ``make`` commands and tool command lines (``python tools/X.py ...``, or
-    ``tools/X.py ...``) checked as the blocks' are."""
+    """Inline ``make`` and ``pip install`` commands and tool command lines (``python tools/X.py
+    ...``, or ``tools/X.py ...``) checked as the blocks' are."""
     for span in code_spans(text):
         span = re.sub(r"^(tools/\w+\.py)\b", r"python \1", span)
         for words in documented_commands(span):
-            if (words[0] == "make" and len(words) > 1) or (words[0] == "python" and len(words) > 2):
+            if (words[0] == "make" and len(words) > 1) or (words[0] in ("python", "pip") and len(words) > 2):
                 try:
                     check_command(words)
                 except (AssertionError, FileNotFoundError, ValueError, KeyError) as e:
@@ -613,9 +613,9 @@ def test_a_renamed_key_or_file_in_the_text_fails_the_checks():
         "configs/COCO-Detection/faster_rcnn_fishnet152_FPN_1x.yaml: no such file or directory",
         "optimize/fold.py: no such file",
     ]
-    text = "`fishnet_d2.engine.REQUEUE_STATUS`, `make tests`, `tools/predict.py --input x --output y --threshold 0.5`, `--video`."
+    text = "`fishnet_d2.engine.REQUEUE_STATUS`, `make tests`, `tools/predict.py --input x --output y --threshold 0.5`, `--video`, `pip install fishnet-d2[app]`."
     assert list(missing_python_names(text)) == ["fishnet_d2.engine.REQUEUE_STATUS: no such name"]
     assert [p.split(": ")[0] for p in inline_command_problems(text)] == [
-        "`make tests`", "`python tools/predict.py --input x --output y --threshold 0.5`"
+        "`make tests`", "`python tools/predict.py --input x --output y --threshold 0.5`", "`pip install fishnet-d2[app]`"
     ]  # fmt: skip
     assert [problem.split(":")[0] for problem in unknown_options(text)] == ["--threshold", "--video"]
