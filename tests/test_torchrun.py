@@ -1,7 +1,7 @@
 """tools/train_net.py's main under torchrun, on CPU (GLOO) and 127.0.0.1: two processes train the
 tiny Mask R-CNN and evaluate it; two "nodes" of one process each, through a c10d rendezvous, end
 with the same weights; a worker killed (SIGKILL) after a checkpoint is restarted by torchrun
-(--max-restarts 1), continues from that checkpoint without --resume, and ends with the same
+(--max-restarts 1; --standalone, and the static rendezvous of --master-port), continues from that checkpoint without --resume, and ends with the same
 weights and a metrics.json without a repeated or missing iteration; a SIGTERM at an iteration
 without a periodic checkpoint (--num-gpus 2) writes one, exits with status 75, and the run
 resumed with --resume ends with the same weights."""
@@ -108,7 +108,7 @@ def setup(tiny_shapes, tmp_path_factory):
     (work / "config.yaml").write_text(cfg.dump())
     (work / "train_net.py").write_text(TRAIN_NET)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TINY_SHAPES_ROOT": str(root)}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SIGNAL_AT"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SIGNAL_AT", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"):
         env.pop(name, None)
     return work / "config.yaml", work / "train_net.py", env
 
@@ -191,16 +191,19 @@ def test_two_nodes_through_c10d_rendezvous(setup, unbroken, tmp_path):
     assert_same_weights(final_weights(rank0[0]), final_weights(unbroken[0]))
 
 
-def test_sigkill_restarted_by_torchrun_continues_from_the_checkpoint(setup, unbroken, tmp_path):
+@pytest.mark.parametrize("rendezvous", ["standalone", "static"])
+def test_sigkill_restarted_by_torchrun_continues_from_the_checkpoint(setup, unbroken, tmp_path, rendezvous):
     """Rank 1 dies (SIGKILL) before iteration 21, after rank 0 wrote metrics.json's line of
     iteration 19; torchrun restarts both workers, which continue after the checkpoint of
-    iteration 14, without --resume."""
+    iteration 14, without --resume. With --standalone (c10d rendezvous) and with torchrun's
+    default static rendezvous on --master-port, and no environment variable: both keep one store
+    across restarts, in which the restarted workers' process group has keys of its own."""
     config, script, env = setup
     output = tmp_path / "output"
-    command = [*torchrun("--nproc-per-node", "2", "--standalone", "--max-restarts", "1"), script, config]
-    # torchrun's store shared across restarts hands restarted GLOO workers the addresses of the
-    # killed ones (pytorch/pytorch#135712): opted out as docs/cluster.md says.
-    result = run(command, output, env, SIGNAL_AT="21:SIGKILL:1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    where = ["--standalone"] if rendezvous == "standalone" else ["--master-port", str(free_port())]
+    command = [*torchrun("--nproc-per-node", "2", *where, "--max-restarts", "1"), script, config]
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in env
+    result = run(command, output, env, SIGNAL_AT="21:SIGKILL:1")
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed[-4000:]
     log = (output / "log.txt").read_text()

@@ -8,7 +8,10 @@ itself; on v0.6 :mod:`fishnet_d2.backports` does it as main does.
 Started by torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT`` in the environment), this process is one of the workers: it joins
 the process group from that environment (NCCL with GPUs, GLOO without), makes Detectron2's local
-process group as Detectron2's ``launch`` makes it, and runs ``main_func`` itself.
+process group as Detectron2's ``launch`` makes it, and runs ``main_func`` itself. The process group
+keeps its keys in torchrun's store under a prefix of this start of the workers
+(:mod:`fishnet_d2.engine.rendezvous`), so that workers torchrun restarts never read those of the
+workers that died.
 """
 
 import functools
@@ -26,6 +29,7 @@ from detectron2.utils import comm
 from ..backports import create_local_process_group
 from ..backports import launch as d2_launch
 from .hooks import REQUEUE_EXIT_CODE
+from .rendezvous import process_group_store
 
 __all__ = ["launch", "launch_from_args", "started_by_torchrun", "restarted_by_torchrun"]
 
@@ -131,16 +135,14 @@ def _torchrun_worker(main_func: Callable[..., Any], args: Tuple, timeout: timede
         )
     if not has_gpu and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, torch.get_num_threads() // local_world_size))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
-        dist.init_process_group(backend="NCCL" if has_gpu else "GLOO", init_method="env://", timeout=timeout)
+        store = process_group_store(rank, world_size, timeout)
+        backend = "NCCL" if has_gpu else "GLOO"
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     except Exception:
         logger = logging.getLogger(__name__)
-        logger.error(f"Process group at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
-        if restarted_by_torchrun() and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
-            logger.error(
-                "A restarted worker: torchrun's store, shared across restarts, may hold the addresses of the "
-                "workers that died; run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/cluster.md)"
-            )
+        logger.error(f"Process group at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, rank {rank} of {world_size}")
         raise
     create_local_process_group(local_world_size)
     if has_gpu:
