@@ -10,6 +10,10 @@ rather than a user:
 - in the whole text: config keys (``MODEL.FISHNET.*``), config names and files, repository paths,
   ``fishnet_d2.*`` names, links and their anchors, the tools' options, ``make`` targets.
 
+The blocks of docs/performance.md's generated part carry no marker: tools/benchmark.py writes
+them (the commands of recorded runs, minutes to hours each), and
+tests/test_benchmark_tool.py::test_the_performance_document_is_what_the_benchmark_generates checks
+that the part is what the benchmark generates; their command lines are checked here as any.
 The figures of the text are checked by tests/test_docs_figures.py.
 """
 
@@ -275,14 +279,16 @@ def test_a_renamed_option_or_key_fails_the_check():
 
 def check_python_names(text: str) -> None:
     """The block compiles; every module it imports exists and has the names it takes from it; the
-    attributes it reads from those modules exist (``fishnet_d2.add_fishnet_config``)."""
+    attributes it reads from those modules (``fishnet_d2.add_fishnet_config``) and the methods it
+    calls on instances of their classes (``trainer = Trainer(cfg)``: ``trainer.resume_or_load()``)
+    exist."""
     tree = ast.parse(text)
-    modules: Dict[str, object] = {}
+    names: Dict[str, object] = {}  # what the block's names are bound to: modules, their objects
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 module = importlib.import_module(alias.name)
-                modules[alias.asname or alias.name.split(".")[0]] = (
+                names[alias.asname or alias.name.split(".")[0]] = (
                     module if alias.asname else importlib.import_module(alias.name.split(".")[0])
                 )
         elif isinstance(node, ast.ImportFrom):
@@ -290,13 +296,19 @@ def check_python_names(text: str) -> None:
             for alias in node.names:
                 if not hasattr(module, alias.name):
                     importlib.import_module(f"{node.module}.{alias.name}")  # a submodule, or ImportError
-                modules[alias.asname or alias.name] = getattr(module, alias.name, None) or importlib.import_module(
+                names[alias.asname or alias.name] = getattr(module, alias.name, None) or importlib.import_module(
                     f"{node.module}.{alias.name}"
                 )
+    for node in ast.walk(tree):  # instances: x = SomeClass(...)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name):
+            cls = names.get(node.value.func.id)
+            if isinstance(cls, type):
+                names.update({target.id: cls for target in node.targets if isinstance(target, ast.Name)})
+    methods = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}  # x.method(...)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
-            owner = modules[node.value.id]
-            if type(owner).__name__ == "module":
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names:
+            owner = names[node.value.id]
+            if type(owner).__name__ == "module" or (isinstance(owner, type) and id(node) in methods):
                 assert hasattr(owner, node.attr), f"{node.value.id}.{node.attr}: no such name"
 
 
@@ -315,6 +327,8 @@ def test_a_renamed_module_or_name_fails_the_check():
         check_python_names("from fishnet_d2.modelzoo import get_config\n")
     with pytest.raises(AssertionError, match="model_zoo.get_configs: no such name"):
         check_python_names("from fishnet_d2 import model_zoo\nmodel_zoo.get_configs('x')\n")
+    with pytest.raises(AssertionError, match="trainer.resume: no such name"):
+        check_python_names("from fishnet_d2.engine import Trainer\ntrainer = Trainer(cfg)\ntrainer.resume()\n")
 
 
 def _run_python_block(block: Block, tmp_path: Path) -> subprocess.CompletedProcess:
