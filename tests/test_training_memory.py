@@ -131,9 +131,9 @@ def test_float32_outputs_are_the_default_paths_bit_for_bit():
 
 
 class CountConvolutions(TorchDispatchMode):
-    """Convolutions run forward, and gradients computed by convolutions' backward (of an input,
-    a weight or a bias: the backward's output mask), whether one call computes them together
-    (autograd's) or one each (torch.nn.grad's)."""
+    """Convolutions run forward, and gradients computed for convolutions (of an input, a weight
+    or a bias: the backward's output mask), whether one call computes them together (autograd's)
+    or one each (an input's as a transposed convolution, a weight's by torch.nn.grad)."""
 
     def __init__(self):
         super().__init__()
@@ -141,7 +141,11 @@ class CountConvolutions(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution.default:
-            self.forward += 1
+            transposed = args[6]  # convolution(input, weight, bias, stride, padding, dilation, transposed, ...)
+            if transposed:
+                self.backward += 1
+            else:
+                self.forward += 1
         elif func is torch.ops.aten.convolution_backward.default:
             self.backward += sum(args[-1])
         return func(*args, **(kwargs or {}))

@@ -7,17 +7,25 @@ as the operations they replace, with less kept for the backward pass.
 - :func:`rectified_max_pool`: the stem's ReLU and overlapping max-pool keep their output and
   int32 positions.
 
-Each backward is written with documented functions (``torch.nn.grad``, ``masked_fill_``,
-``max_unpool2d``, ``scatter_add_``), none with ATen kernels.
+Each backward is written with documented functions (``conv_transpose2d``, ``torch.nn.grad``,
+``masked_fill_``, ``max_unpool2d``, ``scatter_add_``), none with ATen kernels.
 """
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["saves_memory", "affine_relu", "relu_backward_", "lean_conv", "CompactMaxPool2d", "rectified_max_pool"]
+__all__ = [
+    "saves_memory",
+    "affine_relu",
+    "conv2d_input_grad",
+    "relu_backward_",
+    "lean_conv",
+    "CompactMaxPool2d",
+    "rectified_max_pool",
+]
 
 
 def saves_memory() -> bool:
@@ -57,9 +65,7 @@ class _LeanConv(torch.autograd.Function):
         activation_in, folded_in = activation.to(grad_out.dtype), folded.to(grad_out.dtype)
         grad_x = grad_weight = grad_bias = None
         if need_x:
-            grad_act = torch.nn.grad.conv2d_input(
-                activation_in.shape, folded_in, grad_out, stride, padding, dilation, groups
-            )
+            grad_act = conv2d_input_grad(activation_in.shape, folded_in, grad_out, stride, padding, dilation, groups)
             grad_x = grad_act.to(x.dtype)
             if scale is not None:  # ReLU's backward, then the affine's
                 grad_x = relu_backward_(grad_x, activation) * scale
@@ -72,6 +78,26 @@ class _LeanConv(torch.autograd.Function):
         if need_bias and ctx.has_bias:
             grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, None, None, grad_weight, None, grad_bias, None, None, None, None
+
+
+def conv2d_input_grad(
+    input_shape: torch.Size,
+    weight: torch.Tensor,
+    grad_out: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    """The gradient of ``F.conv2d``'s input: the transposed convolution of ``grad_out`` (what
+    convolution's own backward computes, the same values), its ``output_padding`` the rows and
+    columns a strided convolution skipped. ``torch.nn.grad.conv2d_input`` computes it too, but
+    returns NCHW for channels-last maps, whose conversions then cost copies and memory."""
+    output_padding = [
+        size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+        for size, out, s, p, d, k in zip(input_shape[-2:], grad_out.shape[-2:], stride, padding, dilation, weight.shape[-2:])
+    ]
+    return F.conv_transpose2d(grad_out, weight, None, stride, padding, output_padding, groups, dilation)
 
 
 def relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .functions import affine_relu, relu_backward_
+from .functions import affine_relu, conv2d_input_grad, relu_backward_
 
 __all__ = ["FoldedBlock", "recovering_blocks"]
 
@@ -84,8 +84,8 @@ def _conv_backward(
     need_weight: bool,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The gradients of a bias-free, stride-1 convolution's input and (if needed) weight."""
-    padding, dilation, groups = (0, 1, 1) if args is None else (args.padding, args.dilation, args.groups)
-    grad_input = torch.nn.grad.conv2d_input(inputs.shape, weight, grad, 1, padding, dilation, groups)
+    padding, dilation, groups = ((0, 0), (1, 1), 1) if args is None else (args.padding, args.dilation, args.groups)
+    grad_input = conv2d_input_grad(inputs.shape, weight, grad, (1, 1), padding, dilation, groups)
     grad_weight = None
     if need_weight:
         grad_weight = torch.nn.grad.conv2d_weight(inputs, weight.shape, grad, 1, padding, dilation, groups)
