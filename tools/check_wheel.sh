@@ -77,7 +77,8 @@ for flavour in $FLAVOURS; do
   pip_in "$ENV/bin/python" "$WHEEL"
   (cd "$TMP" && "$ENV/bin/python" -c "
 import importlib, pkgutil, fishnet_d2
-core = [m.name for m in pkgutil.walk_packages(fishnet_d2.__path__, 'fishnet_d2.') if not m.name.startswith('fishnet_d2.apps')]
+extras = ('fishnet_d2.apps', 'fishnet_d2.timm_models')  # the extras [apps] and [timm]
+core = [m.name for m in pkgutil.walk_packages(fishnet_d2.__path__, 'fishnet_d2.') if not m.name.startswith(extras)]
 for name in core:
     importlib.import_module(name)
 print(f'core: {len(core)} modules import with install_requires alone')")
