@@ -232,13 +232,19 @@ def test_skip_check_writes_the_model_without_running_it_and_still_times_it(confi
 
 
 @pytest.mark.slow
-def test_a_compiled_fishnet_config_exports_the_eager_model(config_files, tmp_path):
+def test_a_compiled_or_training_path_config_exports_the_eager_model(config_files, tmp_path):
+    """COMPILE, and the training paths, which TorchScript refuses, are left out of the export
+    (they change nothing in what the model computes in inference), with a note."""
     status, out, err = run(
         "--config-file", config_files["faster_rcnn"], "--export-method", "scripting",
         "--output", tmp_path / "out", "--opts", "MODEL.FISHNET.COMPILE", "inductor",
+        "MODEL.FISHNET.MEMORY_EFFICIENT", "True", "MODEL.FISHNET.CHECKPOINT", "stride4",
     )  # fmt: skip
     assert status == 0, err
-    assert "note: exporting the eager FishNet (MODEL.FISHNET.COMPILE 'inductor'" in err
+    assert (
+        "note: exporting the eager FishNet without MODEL.FISHNET.CHECKPOINT, MODEL.FISHNET.MEMORY_EFFICIENT, "
+        "MODEL.FISHNET.COMPILE" in err
+    )
     assert json.loads((tmp_path / "out" / "export_info.json").read_text())["check"]["passed"]
 
 
