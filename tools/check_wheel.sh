@@ -22,8 +22,9 @@ TORCH_BASE=${TORCH_BASE:-.venv-torch}
 CONSTRAINTS=$ROOT/tools/constraints.txt
 DIST=$ROOT/build/release
 # detectron2's own install_requires (main's setup.py; v0.6's Python-only build installs without
-# them), less its formatter: what a user's detectron2 environment holds.
-D2_DEPENDENCIES="Pillow matplotlib pycocotools termcolor yacs tabulate cloudpickle tqdm tensorboard fvcore iopath omegaconf hydra-core packaging"
+# them), less its formatter, and setuptools (detectron2.model_zoo imports pkg_resources; it also
+# builds the v0.6 tree): what a user's detectron2 environment holds.
+D2_DEPENDENCIES="setuptools Pillow matplotlib pycocotools termcolor yacs tabulate cloudpickle tqdm tensorboard fvcore iopath omegaconf hydra-core packaging"
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -59,12 +60,13 @@ for flavour in $FLAVOURS; do
   site_packages "$TORCH_BASE/bin/python" > "$(site_packages "$ENV/bin/python")/torch_base.pth"
   case $flavour in
     v06)
-      "$ENV/bin/python" tools/detectron2_pypi/build.py
-      pip_in "$ENV/bin/python" $D2_DEPENDENCIES;;
+      pip_in "$ENV/bin/python" $D2_DEPENDENCIES
+      "$ENV/bin/python" tools/detectron2_pypi/build.py;;
     main)
       [ -f "$D2_SOURCE" ] || { echo "[wheel] main: $D2_SOURCE is absent" >&2; exit 1; }
       # The build tools/setup_env.sh compiled for .venv-d2main, when there is one (same torch).
       WHEELS=$(bash tools/d2_wheel_dir.sh "$D2_SOURCE" "$ENV/bin/python")
+      pip_in "$ENV/bin/python" setuptools
       if ls "$WHEELS"/detectron2-*.whl > /dev/null 2>&1; then
         pip_in "$ENV/bin/python" "$WHEELS"/detectron2-*.whl
       else
