@@ -8,7 +8,8 @@ as the operations they replace, with less kept for the backward pass.
   int32 positions.
 
 Each backward is written with documented functions (``conv_transpose2d``, ``torch.nn.grad``,
-``masked_fill_``, ``max_unpool2d``, ``scatter_add_``), none with ATen kernels.
+``max_unpool2d``, ``scatter_add_``), but for ReLU's backward in place, which no public function
+computes (:func:`relu_backward_`).
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -103,7 +104,8 @@ def conv2d_input_grad(
 def relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """ReLU's backward, in place in ``grad``: 0 where the ReLU's output ``out`` is not positive,
     as autograd's (which thresholds the output)."""
-    return grad.masked_fill_(out <= 0, 0)
+    # grad.masked_fill_(out <= 0, 0) computes the same, but its mask cost 3% of the memory-efficient step.
+    return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)  # no public API does this in place
 
 
 def affine_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
