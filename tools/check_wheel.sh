@@ -7,17 +7,17 @@
 # module imports with the extra [apps], and the README's path runs.
 #
 #   PY=.venv/bin/python   the interpreter that builds (it has build and twine: make setup)
-#   FLAVOURS="v06 main"   which detectron2 flavours to install into (main: D2_SOURCE below; "":
-#                         build and check the files only)
-#   D2_SOURCE=../shared/detectron2/detectron2-main.tar.gz   detectron2 main's source archive
+#   FLAVOURS="v06 main"   which detectron2 flavours to install into (default v06, and main when
+#                         D2_SOURCE is given; "": build and check the files only)
+#   D2_SOURCE=PATH        detectron2 main's source archive (.ci/run passes the one beside the checkout)
 #   TORCH_BASE=.venv-torch   an environment with torch and torchvision only (made when missing),
 #                            which the fresh environments reach through a .pth file
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PY:-.venv/bin/python}
-FLAVOURS=${FLAVOURS-v06 main}
-D2_SOURCE=${D2_SOURCE:-../shared/detectron2/detectron2-main.tar.gz}
+D2_SOURCE=${D2_SOURCE:-}
+FLAVOURS=${FLAVOURS-v06${D2_SOURCE:+ main}}
 TORCH_BASE=${TORCH_BASE:-.venv-torch}
 CONSTRAINTS=$ROOT/tools/constraints.txt
 DIST=$ROOT/build/release

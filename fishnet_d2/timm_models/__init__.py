@@ -6,7 +6,7 @@ docs/timm.md shows each).
 
 Why this import: timm has no plugin entry point; it knows the models of its own modules, and a
 model that another package registers exists once the module that registers it has run (its
-maintainer's advice, timm issue 1694: import the registering module before creating the model).
+maintainer's advice, github.com/huggingface/pytorch-image-models/issues/1694: import the registering module before creating the model).
 ``import fishnet_d2`` does not import this package: the core never imports timm, which is an
 optional extra (``pip install fishnet-d2[timm]``).
 
