@@ -48,8 +48,9 @@ def test_changelog_has_an_entry_for_the_version():
 def test_the_built_wheel_and_sdist_carry_the_package_and_a_broken_wheel_is_caught(tmp_path):
     """`make release`'s build and checks pass; tools/check_dist.py fails for a wheel that lost a
     config, naming it."""
-    subprocess.run(["bash", "tools/check_wheel.sh"], cwd=ROOT, check=True, env={**os.environ, "PY": sys.executable, "FLAVOURS": ""})
-    dist = ROOT / "build" / "release"
+    dist = tmp_path / "release"
+    env = {**os.environ, "PY": sys.executable, "FLAVOURS": "", "DIST": str(dist)}
+    subprocess.run(["bash", "tools/check_wheel.sh"], cwd=ROOT, check=True, env=env)
     (wheel,) = dist.glob("*.whl")
     broken = tmp_path / "dist"
     broken.mkdir()

@@ -10,6 +10,7 @@
 #   FLAVOURS="v06 main"   which detectron2 flavours to install into (default v06, and main when
 #                         D2_SOURCE is given; "": build and check the files only)
 #   D2_SOURCE=PATH        detectron2 main's source archive (.ci/run passes the one beside the checkout)
+#   DIST=build/release    where the sdist and the wheel go
 #   TORCH_BASE=.venv-torch   an environment with torch and torchvision only (made when missing),
 #                            which the fresh environments reach through a .pth file
 set -euo pipefail
@@ -20,7 +21,7 @@ D2_SOURCE=${D2_SOURCE:-}
 FLAVOURS=${FLAVOURS-v06${D2_SOURCE:+ main}}
 TORCH_BASE=${TORCH_BASE:-.venv-torch}
 CONSTRAINTS=$ROOT/tools/constraints.txt
-DIST=$ROOT/build/release
+DIST=${DIST:-$ROOT/build/release}
 # detectron2's own install_requires (main's setup.py; v0.6's Python-only build installs without
 # them), less its formatter, and setuptools (detectron2.model_zoo imports pkg_resources; it also
 # builds the v0.6 tree): what a user's detectron2 environment holds.
