@@ -51,14 +51,18 @@ def add_fishnet_config(cfg: CN) -> None:
     # same gradients up to rounding (tested in float64). Adds to CHECKPOINT. docs/performance.md
     # says what each part keeps, and measures its memory and time.
     _C.MODEL.FISHNET.MEMORY_EFFICIENT = False
+    # FOLD_FROZEN_BN and CHANNELS_LAST: None (the default) takes MODEL.DEVICE's choice, True or
+    # False sets it. The choices by device, and where each was measured, are one table:
+    # fishnet_d2/modeling/optimize/device_defaults.py (True and True on CPU; on CUDA the CPU's
+    # choices until measured there: docs/performance.md, "The GPU check").
     # Compute FrozenBN in fewer passes over the activations: folded into the convolution before
     # it (the convolution's weight scaled, its bias the norm's shift), else as one fused
     # multiply-add. The same math. False: Detectron2's FrozenBatchNorm2d as it is.
-    _C.MODEL.FISHNET.FOLD_FROZEN_BN = True
+    _C.MODEL.FISHNET.FOLD_FROZEN_BN = None
     # Compute in the channels-last memory format (NHWC), which oneDNN's and cuDNN's convolutions
     # run fastest on. The features keep that format (same shapes), so the FPN and heads on them
     # run in it too. False: the input's format (NCHW).
-    _C.MODEL.FISHNET.CHANNELS_LAST = True
+    _C.MODEL.FISHNET.CHANNELS_LAST = None
     # Compile the FishNet with torch.compile and this backend ("inductor"); "" runs it eagerly.
     # The same math; the first calls compile, and again for each new mode (training or
     # not) and the first change of input size. docs/performance.md measures its speed against

@@ -16,6 +16,7 @@ from .errors import InvalidValue
 from .fishnet import FishNet
 from .optimize import optimize_fishnet
 from .optimize.checkpointing import Checkpointing
+from .optimize.device_defaults import PATHS_BY_DEVICE, device_defaults
 
 __all__ = [
     "fishnet_arch_config_defaults",
@@ -64,6 +65,8 @@ def config_key(name: str) -> str:
         return "MODEL.FISHNET.CHECKPOINT"
     if name == "compile_backend":
         return "MODEL.FISHNET.COMPILE"
+    if name == "device":
+        return "MODEL.DEVICE"
     if name in ARCH_KEYS:
         return f"MODEL.FISHNET.ARCH.{name.upper()}"
     return f"MODEL.FISHNET.{name.upper()}"
@@ -127,16 +130,26 @@ def build_fishnet(
     num_classes: int = 0,
     freeze_at: int = 0,
     freeze_stem_conv1: bool = False,
-    fold_frozen_bn: bool = True,
-    channels_last: bool = True,
+    fold_frozen_bn: Optional[bool] = True,
+    channels_last: Optional[bool] = True,
     activation_checkpointing: Checkpointing = None,
     memory_efficient: bool = False,
     compile_backend: str = "",
+    device: str = "cpu",
 ) -> FishNet:
     """A :class:`FishNet` (the network: ``arch`` to ``freeze_stem_conv1``) with the chosen speed
     and memory paths (``fold_frozen_bn`` to ``compile_backend``:
     :func:`~fishnet_d2.modeling.optimize.optimize_fishnet`): what the config's builder builds.
-    LazyConfig files: ``L(build_fishnet)(arch=L(fishnet_arch)(depth=150), ...)``."""
+    LazyConfig files: ``L(build_fishnet)(arch=L(fishnet_arch)(depth=150), ...)``.
+
+    ``fold_frozen_bn`` or ``channels_last`` None: the default for ``device``, the device the
+    model will run on (:data:`~fishnet_d2.modeling.optimize.device_defaults.DEVICE_DEFAULTS`; the
+    config's builder passes ``MODEL.DEVICE``, whose keys default to None). The model is built on
+    the CPU either way."""
+    chosen = {"fold_frozen_bn": fold_frozen_bn, "channels_last": channels_last}
+    if any(chosen[name] is None for name in PATHS_BY_DEVICE):
+        defaults = device_defaults(device)
+        chosen = {name: getattr(defaults, name) if value is None else value for name, value in chosen.items()}
     fishnet = FishNet(
         arch,
         in_channels=in_channels,
@@ -148,8 +161,8 @@ def build_fishnet(
     )
     return optimize_fishnet(
         fishnet,
-        fold_frozen_bn=fold_frozen_bn,
-        channels_last=channels_last,
+        fold_frozen_bn=chosen["fold_frozen_bn"],
+        channels_last=chosen["channels_last"],
         activation_checkpointing=activation_checkpointing,
         memory_efficient=memory_efficient,
         compile_backend=compile_backend,
@@ -175,6 +188,7 @@ def build_fishnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FishNet:
             activation_checkpointing = fish.CHECKPOINT,
             memory_efficient = fish.MEMORY_EFFICIENT,
             compile_backend = fish.COMPILE,
+            device         = cfg.MODEL.DEVICE,
         )  # fmt: skip
     except InvalidValue as e:
         raise ValueError(e.message(config_key)) from None
