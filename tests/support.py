@@ -9,7 +9,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from detectron2.config import CfgNode, LazyCall as L, get_cfg
@@ -17,11 +17,18 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from omegaconf import DictConfig
-from torch import nn
 
 from fishnet_d2 import FishNetArch, FishNetCheckpointer, add_fishnet_config, fishnet_arch
 from fishnet_d2.apps.data import SHAPE_CATEGORIES, ShapeImageParams, SyntheticShapesSpec, register_synthetic_shapes
 from fishnet_d2.modeling import fishnet_arch_to_config
+from fishnet_d2.modeling.optimize.equivalence import (  # noqa: F401  (the tests import them from here)
+    GOLDEN_STAGES,
+    GOLDEN_TOLERANCE,
+    SAME_MATH_FLOAT64,
+    randomize_norms,
+    relative_error,
+)
+from fishnet_d2.modeling.optimize.equivalence import training_step as train_step  # noqa: F401
 from fishnet_d2.weights.convert import main as convert_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,62 +60,17 @@ ALL_FEATURES = [
 
 # --- the official code's checkpoints and outputs (tests/data; tiny_golden.pt: the `golden` fixture) ---
 
-# The golden file's 11 stage outputs, in order, and our feature names for them.
-GOLDEN_STAGES = [
-    "stem", "tail3", "tail4", "tail5", "bridge",
-    "body4", "body3", "body2", "head3", "head4", "head5",
-]  # fmt: skip
-
-# The relative error allowed against the golden outputs (why this value: the docstring of
-# tests/test_backbone_golden.py).
-GOLDEN_TOLERANCE = 1e-4
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``|actual - expected| / |expected|`` (Frobenius norms), in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).norm() / expected.norm()).item()
+# The golden file's 11 stage outputs by our feature names (GOLDEN_STAGES), the relative error
+# allowed against them (GOLDEN_TOLERANCE; why this value: its comment, and the docstring of
+# tests/test_backbone_golden.py) and relative_error: fishnet_d2.modeling.optimize.equivalence,
+# which the GPU check shares.
 
 
 # --- comparing two models' training steps ---------------------------------------------------------
 
-# Tolerances. A fast path (or the memory-efficient one) claims to compute the same math as the
-# plain model; the claim is checked in float64, where rounding (2**-53 = 1.1e-16 per operation,
-# over reductions of at most 10**4 terms and a few hundred layers) stays far below 1e-10 of the
-# largest magnitude on any CPU, whatever convolution algorithm it picks: measured 2.5e-14 for
-# training-mode BatchNorm's gradients, the worst case. A real bug (a layout-dependent view, a
-# wrong dilation) is off by O(1). In float32 the same gradients differ by 6.6e-6 (Intel Xeon) to
-# 1.4e-3 (AMD EPYC) of the largest: not a usable bound.
-SAME_MATH_FLOAT64 = 1e-10
-
-
-def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Statistics and affine parameters away from the identity, so that norms matter."""
-    g = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        affine = getattr(module, "weight", None) is not None
-        if affine and (hasattr(module, "running_var") or isinstance(module, nn.GroupNorm)):  # BN, SyncBN, FrozenBN, GN
-            c = module.weight.shape[0]
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=g))
-                if hasattr(module, "running_mean"):
-                    module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                    module.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-    return model
-
-
-def train_step(model: nn.Module, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Outputs, and the gradients of the input ("input") and of each trainable parameter (by
-    name), of one forward + backward in the model's current mode (a loss that weighs every
-    output element differently)."""
-    model.zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_()
-    outputs = model(x)
-    loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outputs.values())
-    loss.backward()
-    grads = {"input": x.grad, **{name: p.grad for name, p in model.named_parameters() if p.requires_grad}}
-    return {k: v.detach() for k, v in outputs.items()}, grads
+# The tolerance of the fast paths' checks in float64 (SAME_MATH_FLOAT64: why this value, its
+# comment), randomize_norms and train_step (a training step's outputs and gradients):
+# fishnet_d2.modeling.optimize.equivalence, which the GPU check shares.
 
 
 def assert_close_to_scale(a, b, rel: float = SAME_MATH_FLOAT64) -> None:

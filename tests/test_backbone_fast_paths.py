@@ -32,6 +32,7 @@ from fishnet_d2.modeling.optimize.folding import (
     FusedFrozenBatchNorm2d,
     fold_frozen_batchnorm,
 )
+from fishnet_d2.modeling.optimize.equivalence import twin_fishnets
 from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
 from .support import (
@@ -73,13 +74,8 @@ def twin_models(
 ) -> Tuple[FishNet, FishNet]:
     """Two FishNets with the same weights and statistics, in float64, built (build_fishnet) with
     the options ``plain`` and ``fast`` (default: none); the first with ``plain_norm`` (default:
-    ``norm``)."""
-    torch.manual_seed(0)
-    first_norm = norm if plain_norm is None else plain_norm
-    first = randomize_norms(build_fishnet(TINY_ARCH, norm=first_norm, out_features=ALL_FEATURES, **(plain or {})))
-    second = build_fishnet(TINY_ARCH, norm=norm, out_features=ALL_FEATURES, **(fast or {}))
-    keys = second.state_dict().keys()  # a FrozenBN has no num_batches_tracked
-    second.load_state_dict({k: v for k, v in first.state_dict().items() if k in keys})
+    ``norm``): the package's twin_fishnets, which the GPU check runs too."""
+    first, second = twin_fishnets(TINY_ARCH, norm, plain=plain, fast=fast, plain_norm=plain_norm, out_features=ALL_FEATURES)
     return first.double(), second.double()
 
 

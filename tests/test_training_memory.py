@@ -14,9 +14,10 @@ from detectron2.modeling import build_backbone
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fishnet_d2 import FishNet, build_fishnet
+from fishnet_d2 import FishNet
 from fishnet_d2.apps.benchmark.models import MODEL_SPECS
 from fishnet_d2.apps.benchmark.report import RATIOS
+from fishnet_d2.modeling.optimize.equivalence import twin_fishnets
 from fishnet_d2.modeling.optimize.memory.functions import CompactMaxPool2d, rectified_max_pool
 from fishnet_d2.modeling.optimize.memory.modules import LeanPreActBottleneck, RecoveringBlocks
 
@@ -25,7 +26,6 @@ from .support import (
     TINY_ARCH,
     assert_close_to_scale,
     fishnet_cfg,
-    randomize_norms,
     train_step,
     use_tiny_arch,
 )
@@ -46,14 +46,11 @@ LONG_RUNS_ARCH = replace(
 
 
 def twins(norm: str, arch=TINY_ARCH, out_features=ALL_FEATURES, **options) -> Tuple[FishNet, FishNet]:
-    """The default FishNet and the memory-efficient one, same weights and statistics, float64."""
-    torch.manual_seed(0)
-    default = build_fishnet(arch, norm=norm, out_features=out_features, freeze_stem_conv1=True, **options)
-    randomize_norms(default)
-    efficient = build_fishnet(
-        arch, norm=norm, out_features=out_features, freeze_stem_conv1=True, memory_efficient=True, **options
+    """The default FishNet and the memory-efficient one, same weights and statistics, float64
+    (the package's twin_fishnets, which the GPU check runs too)."""
+    default, efficient = twin_fishnets(
+        arch, norm, fast={"memory_efficient": True}, out_features=out_features, freeze_stem_conv1=True, **options
     )
-    efficient.load_state_dict(default.state_dict())
     return default.double().train(), efficient.double().train()
 
 
