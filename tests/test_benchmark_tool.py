@@ -33,9 +33,10 @@ from fishnet_d2.apps.benchmark import (
 )
 from fishnet_d2.apps.benchmark import cli as benchmark_cli
 from fishnet_d2.apps.benchmark.report import DOC_BEGIN, DOC_END
+from fishnet_d2.apps.benchmark.workloads import KINDS
 from fishnet_d2.modeling.optimize import CHECKPOINT_CHOICES
 
-from .support import REPO, TINY_ARCH, fishnet_cfg, use_tiny_arch
+from .support import REPO, TINY_ARCH, fishnet_cfg, shrink_config, use_tiny_arch
 
 
 def test_peak_memory_on_cpu_is_the_most_allocated_at_once():
@@ -287,3 +288,76 @@ def test_too_many_detections_wanted_is_an_error(random_tiny_detector, monkeypatc
     monkeypatch.setattr(model.roi_heads.box_predictor, "test_topk_per_image", 500)
     with pytest.raises(RuntimeError, match="fewer than the 500 .*DETECTIONS_PER_IMAGE"):
         calibrate_detections(model, inference_input(64, 64, seed=3, device="cpu"))
+
+
+# --- rows for choosing the fast paths by device; mixed precision ------------------------------------
+
+
+def test_each_path_chosen_by_device_has_a_row_with_it_off_and_ratios_against_it_on():
+    assert MODEL_SPECS["fishnet150-nchw"].opts == ("MODEL.FISHNET.CHANNELS_LAST", False)
+    assert MODEL_SPECS["fishnet150-unfolded"].opts == ("MODEL.FISHNET.FOLD_FROZEN_BN", False)
+    for key in ("r50-cl", "r101-cl"):
+        spec = MODEL_SPECS[key]
+        assert spec.channels_last and spec.family == "resnet" and spec.name.endswith("channels-last")
+    results = {
+        name: {"times": {"backbone_train": [1.0, 2.0], "train_iter": [1.0, 4.0]}, "memory": {}}
+        for name in ("FishNet-150", "FishNet-150 NCHW", "FishNet-150 unfolded")
+    }
+    results["FishNet-150 NCHW"]["times"] = {"backbone_train": [1.5, 2.0], "train_iter": [2.0, 4.0]}
+    measured = {r["label"]: r["value"] for r in ratios(results)}
+    assert measured["FishNet-150 NCHW / FishNet-150, backbone fwd+bwd time"] == pytest.approx(1.25)
+    assert measured["FishNet-150 NCHW / FishNet-150, training iteration time"] == pytest.approx(1.5)
+    assert measured["FishNet-150 unfolded / FishNet-150, training iteration time"] == pytest.approx(1.0)
+    chosen = ratios(results, pairs=[("FishNet-150 NCHW", "FishNet-150", "train_iter")])
+    assert [r["label"] for r in chosen] == ["FishNet-150 NCHW / FishNet-150, training iteration time"]
+
+
+def test_a_resnet_row_in_channels_last_is_converted_after_it_is_built():
+    from fishnet_d2.apps.benchmark import build_detector
+
+    model = build_detector(MODEL_SPECS["r50-cl"], "cpu")
+    assert model.backbone.bottom_up.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.roi_heads.mask_head.mask_fcn1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture(scope="module")
+def small_detector():
+    """A Mask R-CNN FPN shrunk (TINY_ARCH, narrow heads: float16 convolutions are slow on CPUs)
+    for steps run here, with the benchmark's 80 classes (not the shared detector)."""
+    from detectron2.modeling import build_model
+
+    cfg = fishnet_cfg()
+    cfg.merge_from_file(str(REPO / "configs/Base-RCNN-FishNet-FPN.yaml"))
+    shrink_config(cfg, num_classes=80)
+    cfg.MODEL.MASK_ON = True
+    cfg.TEST.DETECTIONS_PER_IMAGE = 10
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+@pytest.mark.parametrize("amp, dtype", [(None, torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_amp_runs_every_step_under_autocast_and_fp16_training_scales_its_loss(small_detector, amp, dtype):
+    from fishnet_d2.apps.benchmark import Workloads
+
+    argv = ["--quick", "--size", "64", "64", "--det-size", "128", "128", "--instances", "2"]
+    args = parse_args(argv + (["--amp", amp] if amp else []))
+    workloads = Workloads(MODEL_SPECS["fishnet150"], small_detector, args, "cpu")
+    seen = []  # the dtype of the stem's first convolution's output, at each call
+    hook = workloads.backbone.stem.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    scaled = []
+    if workloads.scaler is not None:
+        scale = workloads.scaler.scale
+        workloads.scaler.scale = lambda loss: scaled.append(loss.detach()) or scale(loss)
+    try:
+        for kind in KINDS:
+            workloads.prepare(kind)
+            workloads.steps[kind]()
+    finally:
+        hook.remove()
+    assert seen == [dtype] * len(KINDS)
+    assert (workloads.scaler is not None) == (amp == "fp16")
+    assert len(scaled) == (1 if amp == "fp16" else 0) and all(torch.isfinite(s) for s in scaled)
+    text = markdown(fake_measurement(argv + (["--amp", amp] if amp else [])))
+    assert ("autocast" in text.splitlines()[0]) == (amp is not None)
+    if amp == "fp16":
+        assert "autocast float16 (training with a GradScaler" in text

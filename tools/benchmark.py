@@ -5,7 +5,11 @@ with FrozenBN, in one run on this machine; also FishNet-150 with every fast path
 nothing folded), its activation checkpointing choices (``fishnet150-ckpt``: every stage;
 ``fishnet150-ckpt-stride4``, ``-tail``, ``-body``, ``-head``: MODEL.FISHNET.CHECKPOINT's named
 choices) and FishNet-150 compiled by torch.compile's inductor (``fishnet150-compile``:
-MODEL.FISHNET.COMPILE; its warm-up round spends minutes compiling on a CPU).
+MODEL.FISHNET.COMPILE; its warm-up round spends minutes compiling on a CPU); the paths chosen by
+device off (``fishnet150-nchw``: MODEL.FISHNET.CHANNELS_LAST False; ``fishnet150-unfolded``:
+FOLD_FROZEN_BN False) and the ResNets in channels-last (``r50-cl``, ``r101-cl``). ``--amp fp16``
+or ``bf16`` runs every step under torch.autocast (float16 training with a GradScaler, as
+Detectron2's AMPTrainer).
 
 Measures parameters, FLOPs (fvcore), backbone forward + backward time, training iteration time,
 inference time per image and peak tensor memory. Times are medians over rounds; within a round

@@ -14,7 +14,7 @@ from .machine import environment, read_cpu_ticks, stolen_fraction
 from .measure import count_flops, count_parameters, peak_memory, wall_time
 from .models import MODEL_SPECS, build_detector, imagenet_classifier, parse_models
 from .report import load_reports, markdown, plot, ratios, summarize, write_doc
-from .workloads import KINDS, Workloads
+from .workloads import AMP_DTYPES, KINDS, Workloads
 
 __all__ = ["QUICK", "parse_args", "run", "main"]
 
@@ -46,7 +46,13 @@ def parse_args(argv: List[str], description: Optional[str] = None) -> argparse.N
                    "(ResNets) MODEL.FISHNET.FREEZE_AT 2 (FishNets)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), metavar="KIND",
                    help=f"what to time and measure, of {list(KINDS)} (default: all)")
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
+                   help="run every step under torch.autocast with this dtype (fp16: training "
+                   "steps with a GradScaler, as Detectron2's AMPTrainer, SOLVER.AMP.ENABLED); "
+                   "default: float32")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory measurements")
+    p.add_argument("--no-flops", action="store_true",
+                   help="skip the FLOPs counts (the same on every machine: docs/performance.md has them)")
     p.add_argument("--output", default="output/benchmark", help="directory for the results")
     p.add_argument("--write-doc", metavar="DOC",
                    help="also write the run's tables and command into this markdown document (e.g. "
@@ -85,7 +91,7 @@ def static_measures(workloads: Workloads, args: argparse.Namespace) -> dict:
     """Parameters and FLOPs (independent of the machine)."""
     spec, model, backbone = workloads.spec, workloads.model, workloads.backbone
     params = {"backbone": count_parameters(backbone), "model": count_parameters(model)}
-    if spec.training_only or spec.compiled:  # the same network as another row
+    if spec.training_only or spec.compiled or spec.variant or args.no_flops:  # the same network as another row
         return {"params": params, "flops": {}}
     device = args.device
     model.eval()

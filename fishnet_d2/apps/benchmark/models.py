@@ -51,6 +51,13 @@ class ModelSpec:
     # The same network as another row, compiled (MODEL.FISHNET.COMPILE): FLOPs not counted again
     # (fvcore's tracer does not run compiled modules); its warm-up round compiles.
     compiled: bool = False
+    # The same network as another row in another memory format or with FrozenBN computed another
+    # way (MODEL.FISHNET.CHANNELS_LAST, FOLD_FROZEN_BN; a ResNet converted to channels-last):
+    # FLOPs not counted again.
+    variant: bool = False
+    # The whole detector converted to the channels-last memory format after it is built (as
+    # --channels-last does for every model): Detectron2's ResNets compute in NCHW otherwise.
+    channels_last: bool = False
 
 
 def _fishnet(depth: int) -> ModelSpec:
@@ -87,6 +94,19 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
         compiled=True,
     ),
 }
+# Each fast path that DEVICE_DEFAULTS chooses by device (fishnet_d2/modeling/optimize/device_defaults.py)
+# off, against FishNet-150 with it on: the data to choose it on a device. And the ResNets in
+# channels-last, FishNet's default format.
+MODEL_SPECS["fishnet150-nchw"] = ModelSpec(
+    "FishNet-150 NCHW", _fishnet(150).config, opts=("MODEL.FISHNET.CHANNELS_LAST", False), depth=150, variant=True
+)
+MODEL_SPECS["fishnet150-unfolded"] = ModelSpec(
+    "FishNet-150 unfolded", _fishnet(150).config, opts=("MODEL.FISHNET.FOLD_FROZEN_BN", False), depth=150, variant=True
+)
+for _depth in (50, 101):
+    MODEL_SPECS[f"r{_depth}-cl"] = replace(
+        _resnet(_depth), name=f"R-{_depth} channels-last", variant=True, channels_last=True
+    )
 # The MODEL.FISHNET.CHECKPOINT for a larger batch at little cost: the stages whose recomputation
 # costs the least time per MB of memory it saves (docs/performance.md, "Activation checkpointing").
 LIGHT_CHECKPOINT = ("stem", "tail", "bridge", "body4", "body3")
@@ -148,6 +168,8 @@ def build_detector(spec: ModelSpec, device: str, opts: Sequence[str] = ()) -> nn
     model = build_model(detector_config(spec, device, opts))
     if spec.plain_reference:
         model.backbone.bottom_up = plain_fishnet(model.backbone.bottom_up).to(device)
+    if spec.channels_last:
+        model.to(memory_format=torch.channels_last)
     images = [{"image": image} for image in random_images(2, 256, 320, seed=0, device=device)]
     calibrate_norms(model.backbone.bottom_up, model.preprocess_image(images).tensor)
     return model

@@ -3,7 +3,7 @@
 import json
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from fishnet_d2.weights.atomic_file import atomic_write
 
@@ -61,6 +61,17 @@ RATIOS = (
         )
     ),
     *(row for checkpoint in (None, "", *_CHOICES) for row in _lean_ratios(checkpoint)),
+    # Each path chosen by device, off against on; the ResNets in channels-last against NCHW.
+    *(
+        (num, den, kind)
+        for num, den in (
+            ("FishNet-150 NCHW", "FishNet-150"),
+            ("FishNet-150 unfolded", "FishNet-150"),
+            ("R-50 channels-last", "R-50"),
+            ("R-101 channels-last", "R-101"),
+        )
+        for kind in ("backbone_train", "train_iter", "inference")
+    ),
 )
 _LABELS = {
     "backbone_train": "backbone fwd+bwd time",
@@ -69,6 +80,11 @@ _LABELS = {
     "memory:backbone_train": "backbone training peak memory",
     "memory:train_iter": "training iteration peak memory",
     "memory:inference": "inference peak memory",
+}
+# How a run under --amp computed, in its machine line.
+AMP_LINES = {
+    "fp16": ", autocast float16 (training with a GradScaler, as Detectron2's AMPTrainer)",
+    "bf16": ", autocast bfloat16",
 }
 # The lines around the generated part of the performance document: what lies between them is
 # replaced by write_doc, what lies outside is kept.
@@ -80,12 +96,12 @@ def summarize(times: List[float]) -> Dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
-def ratios(results: Dict[str, dict]) -> List[dict]:
-    """The ratios of :data:`RATIOS` for the models that were measured. Times: the median over
-    rounds of each round's ratio (both models measured in the same round, under the same load),
-    and the range of those ratios."""
+def ratios(results: Dict[str, dict], pairs: Sequence[Tuple[str, str, str]] = RATIOS) -> List[dict]:
+    """The ratios ``pairs`` (numerator, denominator, measure; default :data:`RATIOS`) for the
+    models that were measured. Times: the median over rounds of each round's ratio (both models
+    measured in the same round, under the same load), and the range of those ratios."""
     out = []
-    for num, den, measure in RATIOS:
+    for num, den, measure in pairs:
         if num not in results or den not in results:
             continue
         if measure.startswith("memory:"):
@@ -119,8 +135,9 @@ def machine_line(report: dict) -> str:
     isa = f" ({env['isa']})" if env.get("isa") else ""
     # The share of the timed rounds' CPU time the hypervisor gave to other machines (Linux).
     stolen = "" if env.get("stolen") is None else f", {100 * env['stolen']:.1f}% of CPU time stolen"
+    amp = AMP_LINES.get(args.get("amp") or "", "")
     return (
-        f"Device: {env['device']}{isa}; {env['threads']} threads; torch {env['torch']}, "
+        f"Device: {env['device']}{isa}{amp}; {env['threads']} threads; torch {env['torch']}, "
         f"detectron2 {env['detectron2']}; load average {env['load_min']:.2f}-{env['load_max']:.2f} "
         f"during the rounds{stolen}; medians of {args['reps']} rounds after {args['warmup']} warm-up, "
         "models alternating within each round."
