@@ -11,7 +11,8 @@ apart.
 
 Besides the four names, :func:`detectron2_export_modules` gives ``detectron2.export``'s tracing
 and scripting modules, which v0.6 cannot import as a package (its ``__init__`` imports caffe2),
-and :data:`DETECTRON2_EXPORT_SOURCE` says where it takes them from.
+and :data:`DETECTRON2_EXPORT_SOURCE` says where it takes them from; :func:`padding_constraints` and
+:func:`uses_sigmoid_class_scores` read two settings main added (v0.6 has their defaults).
 """
 
 import importlib
@@ -38,6 +39,8 @@ __all__ = [
     "create_local_process_group",
     "detectron2_export_modules",
     "launch",
+    "padding_constraints",
+    "uses_sigmoid_class_scores",
 ]
 
 DETECTRON2_V0_6 = not hasattr(comm, "create_local_process_group")
@@ -55,6 +58,14 @@ if not DETECTRON2_V0_6:
             importlib.import_module("detectron2.export.flatten"),
             importlib.import_module("detectron2.export.torchscript"),
         )
+
+    def padding_constraints(backbone: torch.nn.Module) -> Dict[str, int]:
+        """``Backbone.padding_constraints`` (square padding, a divisibility other than the backbone's)."""
+        return backbone.padding_constraints
+
+    def uses_sigmoid_class_scores(box_predictor: torch.nn.Module) -> bool:
+        """``FastRCNNOutputLayers.use_sigmoid_ce``: class scores by sigmoid, not softmax."""
+        return box_predictor.use_sigmoid_ce
 
 else:
     DETECTRON2_EXPORT_SOURCE = (
@@ -206,3 +217,12 @@ else:
             group = dist.new_group(list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine)))
             if i == machine_rank:
                 comm._LOCAL_PROCESS_GROUP = group
+
+    def padding_constraints(backbone: torch.nn.Module) -> Dict[str, int]:
+        """Main's ``Backbone.padding_constraints``: v0.6 has none (its images are padded to
+        ``size_divisibility`` only)."""
+        return {}
+
+    def uses_sigmoid_class_scores(box_predictor: torch.nn.Module) -> bool:
+        """Main's ``FastRCNNOutputLayers.use_sigmoid_ce``: v0.6's class scores are always a softmax."""
+        return False

@@ -300,9 +300,17 @@ class FishNet(Backbone):
                 f"FishNet takes images of shape (N, {self.in_channels}, H, W); got {list(x.shape)}"
             )
         d = self.size_divisibility
-        if x.shape[-2] % d != 0 or x.shape[-1] % d != 0:
-            raise ValueError(
+
+        def message() -> str:
+            return (
                 f"FishNet needs input height and width that are multiples of {d} "
                 f"(size_divisibility); got {x.shape[-2]}x{x.shape[-1]}. Pad the images "
                 f"(Detectron2's ImageList.from_tensors(..., size_divisibility={d}) does)."
             )
+
+        # torch._check_value, not `if`: under torch.export a padded size may be a number the data
+        # decides (Detectron2 computes the padding from tensors), which an `if` cannot branch on;
+        # export keeps the check in the program instead. Eager mode raises the same ValueError.
+        # One check per side: `and` would branch on the first.
+        torch._check_value(x.shape[-2] % d == 0, message)
+        torch._check_value(x.shape[-1] % d == 0, message)

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import platform
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import detectron2
@@ -20,7 +21,9 @@ from ..predict.images import InputError
 from ..predict.predictor import load_model
 from ..predict.results import write_json
 from .d2export import ExportUnavailableError, detectron2_export
-from .exporters import FORMATS, METHODS, ONNX_OPSET, Exported, check_exportable, eager_instances, export_model
+from .exported import FILE_NAMES, FORMATS, FORMATS_BY_METHOD, METHODS, Exported, check_exportable
+from .exporters import ONNX_OPSET, eager_instances, export_model
+from .programs import DYNAMO_ONNX_OPSET
 from .matching import MAX_UNMATCHED_SHARE, DetectionComparison, compare_instances
 from .timing import time_export
 from .verify import fresh_process_difference, model_input, sample_images
@@ -31,18 +34,29 @@ INFO_JSON = "export_info.json"
 DEFAULT_TOLERANCE = 1e-3
 
 EPILOG = f"""\
-example:
+examples:
+  python tools/export_model.py --config-file COCO-InstanceSegmentation/mask_rcnn_fishnet150_FPN_1x.yaml \\
+      --export-method export --format aoti --output exported/ MODEL.WEIGHTS model_final.pth
   python tools/export_model.py --config-file COCO-Detection/retinanet_fishnet150_FPN_1x.yaml \\
       --export-method tracing --format onnx --output exported/ MODEL.WEIGHTS model_final.pth
 
-writes OUTPUT/model.ts (TorchScript) or OUTPUT/model.onnx, and OUTPUT/{INFO_JSON} (how to call the
+methods and formats (the first format of each is its default):
+  export     torch.export, dynamic image height and width: program (OUTPUT/{FILE_NAMES["program"]},
+             torch.export.load), aoti (OUTPUT/{FILE_NAMES["aoti"]}, an AOTInductor package:
+             torch._inductor.aoti_load_package), onnx (OUTPUT/model.onnx, the dynamo exporter)
+  tracing    TorchScript (deprecated by PyTorch since 2.11): torchscript (OUTPUT/model.ts), onnx
+             (the TorchScript-based exporter)
+  scripting  TorchScript: torchscript
+
+writes the model and OUTPUT/{INFO_JSON} (how to call the
 model, its outputs' names, the differences measured), only after the check: the exported model's
 detections and eager mode's on two sample images (--sample-image and its left three quarters, else
 two synthetic shapes images), compared as detections: paired by class and box, the differences of
 boxes, scores and masks over the pairs at most --tolerance of each output's scale (its largest
 absolute value); detections left unpaired only as ties in score (which of two equal scores NMS or
 the top-k keeps is the runtime's choice), at most {MAX_UNMATCHED_SHARE:.0%} of them. A TorchScript file is
-run again in a new Python process that imports only torch and torchvision. ONNX models run with
+run again in a new Python process that imports only torch and torchvision (and onnxruntime for ONNX
+models), not fishnet_d2 or detectron2. ONNX models run with
 onnxruntime (CPU) when it is installed, else with onnx's reference evaluator (slow for full-size
 models: pip install onnxruntime, or --skip-check); the tool says which.
 exit status: 0 exported and checked, 1 export or check failed (nothing written), 2 bad command line."""
@@ -59,7 +73,9 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(parser)
     parser.add_argument("--export-method", choices=METHODS, default="tracing", help="default: tracing")
-    parser.add_argument("--format", choices=FORMATS, default="torchscript", help="default: torchscript")
+    parser.add_argument(
+        "--format", choices=FORMATS, help="default: the method's first format (see the list below)"
+    )
     parser.add_argument("--output", required=True, metavar="DIR", help="directory for the exported model")
     parser.add_argument(
         "--sample-image", metavar="FILE", help="an image to trace with and check on (default: made)"
@@ -72,6 +88,12 @@ def argument_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_TOLERANCE:g})",
     )
     parser.add_argument("--skip-check", action="store_true", help="export without running the exported model")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="intra-op threads of torch, AOTInductor and onnxruntime (default: torch's default)",
+    )
     parser.add_argument(
         "--time",
         type=int,
@@ -143,19 +165,17 @@ def check_export(
         "tolerance": tolerance,
     }
     failures = [f for f in (c.failure(tolerance) for c in comparisons) if f]
-    fresh = 0.0
-    if exported.format == "torchscript":
-        fresh = fresh_process_difference(exported, inputs, cfg.MODEL.DEVICE)
-        check["fresh_process_max_relative_difference"] = fresh
-        print(
-            f"{exported.file_name} in a new Python process (torch and torchvision only, no fishnet_d2, "
-            f"no detectron2): largest difference to this process {fresh:.3g} of the output scale"
+    fresh = fresh_process_difference(exported, inputs, cfg.MODEL.DEVICE)
+    check["fresh_process_max_relative_difference"] = fresh
+    print(
+        f"{exported.file_name} in a new Python process (no fishnet_d2, no detectron2): largest "
+        f"difference to this process {fresh:.3g} of the output scale"
+    )
+    if fresh > tolerance:
+        failures.append(
+            f"{exported.file_name} in a new process differs from this process by {fresh:.3g} of the "
+            f"output scale, more than --tolerance {tolerance:g}"
         )
-        if fresh > tolerance:
-            failures.append(
-                f"{exported.file_name} in a new process differs from this process by {fresh:.3g} of the "
-                f"output scale, more than --tolerance {tolerance:g}"
-            )
     check["passed"] = not failures
     if failures:
         check["failure"] = "; ".join(failures)
@@ -167,28 +187,47 @@ def _info(
     cfg: CfgNode,
     exported: Exported,
     how: str,
+    export_seconds: float,
     check: Optional[Dict],
     timing: Optional[Dict],
 ) -> Dict:
-    tracing = exported.method == "tracing"
+    flat = exported.method != "scripting"  # tracing and export: a tuple of tensors
+    load = {
+        "torchscript": "torch.jit.load(file)",
+        "program": "torch.export.load(file).module()",
+        "aoti": "torch._inductor.aoti_load_package(file)",
+        "onnx": 'onnxruntime.InferenceSession(file); outputs = session.run(None, {"image": image.numpy()})',
+    }
+    sizes = exported.input_sizes
     return {
         "config_file": args.config_file,
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "export_method": exported.method,
         "format": exported.format,
-        "onnx_opset": ONNX_OPSET if exported.format == "onnx" else None,
-        "call": "model(image)" if tracing else 'model(({"image": image},))[0]',
+        "onnx_opset": (DYNAMO_ONNX_OPSET if exported.method == "export" else ONNX_OPSET)
+        if exported.format == "onnx"
+        else None,
+        "file": exported.file_name,
+        "file_bytes": len(exported.data),
+        "export_seconds": export_seconds,
+        "load": load[exported.format],
+        "call": "model(image)" if flat else 'model(({"image": image},))[0]',
         "input": (
             f"image: float32 tensor (3, H, W) in {cfg.INPUT.FORMAT} order, values 0-255, resized so that "
             f"the short side is {cfg.INPUT.MIN_SIZE_TEST} and the long side at most {cfg.INPUT.MAX_SIZE_TEST}"
+        )
+        + (
+            f"; H from {sizes['height'][0]} to {sizes['height'][1]}, W from {sizes['width'][0]} to {sizes['width'][1]}"
+            if sizes
+            else ""
         ),
         "outputs": exported.output_names,
-        "outputs_are": ("a tuple of tensors in this order" if tracing else "a list of one dict of tensors")
+        "outputs_are": ("a tuple of tensors in this order" if flat else "a list of one dict of tensors")
         + "; boxes XYXY in the input image's pixels (divide by the resize factor for the original image)",
         "versions": {
             "torch": torch.__version__,
             "detectron2": detectron2.__version__,
-            "detectron2_export": how,
+            "exported_with": how,
             "python": platform.python_version(),
         },
         "check": check,
@@ -200,11 +239,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``tools/export_model.py`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = argument_parser()
     args = parser.parse_args(argv)
-    if args.export_method == "scripting" and args.format != "torchscript":
+    formats = FORMATS_BY_METHOD[args.export_method]
+    if args.format is None:
+        args.format = formats[0]
+    if args.format not in formats:
         parser.error(
-            "--export-method scripting exports to --format torchscript only; "
-            "ONNX comes from --export-method tracing"
+            f"--export-method {args.export_method} exports to --format {' or '.join(formats)}; "
+            + "; ".join(f"{f} comes from --export-method {m}" for m, fs in FORMATS_BY_METHOD.items() for f in fs
+                        if f == args.format)
         )
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads={args.threads}: must be >= 1")
     if args.time < 0:
         parser.error(f"--time={args.time}: must be >= 0 (rounds; 0: no timing)")
     if not args.tolerance > 0:
@@ -222,13 +267,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "training, or how Python runs the model: the exported model computes the same)",
             file=sys.stderr,
         )
-    try:
-        d2 = detectron2_export()
-    except ExportUnavailableError as e:
-        print(f"error: cannot export with this detectron2: {e}", file=sys.stderr)
-        return 1
-    if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
-        print("error: --format onnx needs the onnx package (pip install onnx)", file=sys.stderr)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    d2 = None  # torch.export needs none of Detectron2's export tools
+    if args.export_method != "export":
+        try:
+            d2 = detectron2_export()
+        except ExportUnavailableError as e:
+            print(f"error: cannot export with this detectron2: {e}", file=sys.stderr)
+            return 1
+    needed = ["onnx"] + (["onnxscript"] if args.export_method == "export" else []) if args.format == "onnx" else []
+    missing = [package for package in needed if importlib.util.find_spec(package) is None]
+    if missing:
+        print(
+            f"error: --export-method {args.export_method} --format onnx needs {' and '.join(missing)} "
+            f"(pip install {' '.join(missing)})",
+            file=sys.stderr,
+        )
         return 1
     try:
         model = load_model(cfg)
@@ -239,8 +294,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     names = [name for name, _ in samples]
     inputs = [model_input(cfg, image) for _, image in samples]
-    print(f"exporting {cfg.MODEL.META_ARCHITECTURE} by {args.export_method} to {args.format} (with {d2.how})")
+    how = d2.how if d2 else f"torch.export, torch {torch.__version__}"
+    print(f"exporting {cfg.MODEL.META_ARCHITECTURE} by {args.export_method} to {args.format} (with {how})")
+    start = time.perf_counter()
     exported = export_model(model, args.export_method, args.format, inputs[0], d2)
+    export_seconds = time.perf_counter() - start
+    print(f"exported in {export_seconds:.1f} s: {exported.file_name}, {len(exported.data) / 2**20:.1f} MiB")
 
     check = None
     if not args.skip_check:
@@ -268,6 +327,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     path = exported.save(args.output)
     info_path = os.path.join(args.output, INFO_JSON)
-    write_json(_info(args, cfg, exported, d2.how, check, timing), info_path)
+    write_json(_info(args, cfg, exported, how, export_seconds, check, timing), info_path)
     print(f"wrote {path} and {info_path}")
     return 0

@@ -1,5 +1,7 @@
-"""A detector exported to TorchScript (by scripting or tracing) or ONNX (by tracing), the way
-Detectron2's ``tools/deploy/export_model.py`` exports it, and run again to compare with eager mode.
+"""A detector exported to TorchScript (by scripting or tracing) or ONNX (by tracing, the
+TorchScript-based exporter), the way Detectron2's ``tools/deploy/export_model.py`` exports it, and
+run again to compare with eager mode; :func:`export_model` also dispatches to torch.export
+(:mod:`.programs`). PyTorch deprecated TorchScript in 2.11: these paths stay while torch has them.
 
 What each export takes and returns (image: a float32 (3, H, W) tensor in ``cfg.INPUT.FORMAT``,
 0-255, resized as in testing: ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``; outputs in that
@@ -16,37 +18,23 @@ image):
 """
 
 import io
-import os
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
-from detectron2.modeling import GeneralizedRCNN, RetinaNet
+from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
-from ...weights.atomic_file import atomic_write
 from .d2export import Detectron2Export
+from .exported import Exported, check_exportable, onnx_runner
+from .programs import export_program
 
-__all__ = [
-    "METHODS",
-    "FORMATS",
-    "ONNX_OPSET",
-    "Exported",
-    "check_exportable",
-    "eager_instances",
-    "export_model",
-    "OnnxRunner",
-    "onnx_runner",
-]
+__all__ = ["ONNX_OPSET", "eager_instances", "export_model"]
 
-METHODS = ("scripting", "tracing")
-FORMATS = ("torchscript", "onnx")
-ONNX_OPSET = 17
-SUPPORTED_ARCHITECTURES = (GeneralizedRCNN, RetinaNet)
+ONNX_OPSET = 17  # the TorchScript-based ONNX exporter's
 
 # The Instances fields scripting can produce (Detectron2's export_model.py's list).
 _SCRIPTED_FIELDS = {
@@ -88,24 +76,6 @@ class _ScriptableDense(nn.Module):
         return [i.get_fields() for i in instances]
 
 
-def check_exportable(model: nn.Module, method: str, format: str) -> None:
-    """ValueError, saying what is allowed, unless ``model`` can be exported by ``method`` to ``format``."""
-    if method not in METHODS:
-        raise ValueError(f"export method {method!r}: allowed {METHODS}")
-    if format not in FORMATS:
-        raise ValueError(f"format {format!r}: allowed {FORMATS}")
-    if method == "scripting" and format != "torchscript":
-        raise ValueError(
-            "--export-method scripting exports to --format torchscript only (as Detectron2's "
-            "export_model.py); ONNX comes from --export-method tracing"
-        )
-    if not isinstance(model, SUPPORTED_ARCHITECTURES):
-        raise ValueError(
-            f"MODEL.META_ARCHITECTURE builds a {type(model).__name__}; export supports "
-            "GeneralizedRCNN (Mask R-CNN, Faster R-CNN) and RetinaNet"
-        )
-
-
 def eager_instances(model: nn.Module, image: Tensor) -> Instances:
     """What the exported model computes, in eager mode: the detections of one resized image in its
     coordinates (GeneralizedRCNN's ``inference(do_postprocess=False)``: masks in their boxes;
@@ -118,29 +88,6 @@ def eager_instances(model: nn.Module, image: Tensor) -> Instances:
 
 def _tracing_inference(model: nn.Module, inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Instances]]:
     return [{"instances": eager_instances(model, inputs[0]["image"])}]
-
-
-@dataclass
-class Exported:
-    """An exported model, and how to run it in this process."""
-
-    method: str
-    format: str
-    data: bytes  # the file's content (TorchScript archive or ONNX model)
-    output_names: List[str]  # tracing: the flat outputs' names, in order
-    run: Callable[[Tensor], Instances] = field(repr=False)  # the exported model on one image
-    run_raw: Callable[[Tensor], Dict[str, Tensor]] = field(repr=False)  # its outputs by name
-    runtime: str  # what runs it in this process
-
-    @property
-    def file_name(self) -> str:
-        return "model.ts" if self.format == "torchscript" else "model.onnx"
-
-    def save(self, directory: str) -> str:
-        """Write the model to ``directory/model.ts`` or ``model.onnx`` atomically; returns the path."""
-        path = os.path.join(directory, self.file_name)
-        atomic_write(path, lambda f: f.write(self.data))
-        return path
 
 
 def _fields(instances: Instances) -> Dict[str, Tensor]:
@@ -251,51 +198,15 @@ def _export_tracing(model: nn.Module, d2: Detectron2Export, sample: Tensor, form
     return Exported("tracing", format, data, names, run, run_raw, runtime)
 
 
-@dataclass
-class OnnxRunner:
-    """An ONNX model ready to run on an image: ``runner(image)`` -> its outputs, in order."""
-
-    run: Callable[[np.ndarray], Sequence[np.ndarray]] = field(repr=False)
-    runtime: str  # what runs it, as the tool reports it
-
-    def __call__(self, image: np.ndarray) -> Sequence[np.ndarray]:
-        return self.run(image)
-
-
-def onnx_runner(data: bytes) -> OnnxRunner:
-    """The ONNX model ``data`` in onnxruntime (CPU; as many threads as torch uses in this process)
-    where it is installed, as deployments run it; else in onnx's reference evaluator (pure NumPy:
-    exact, but slow for full-size models)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        import onnx
-        from onnx.reference import ReferenceEvaluator
-
-        evaluator = ReferenceEvaluator(onnx.load_model_from_string(data))
-
-        def evaluate(image: np.ndarray) -> Sequence[np.ndarray]:
-            with np.errstate(over="ignore", invalid="ignore"):  # its Sigmoid's exp of large logits
-                return evaluator.run(None, {"image": image})
-
-        return OnnxRunner(
-            evaluate, f"onnx {onnx.__version__} reference evaluator (onnxruntime is not installed)"
-        )
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # as many as torch here: comparable times
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return OnnxRunner(
-        lambda image: session.run(None, {"image": image}), f"onnxruntime {onnxruntime.__version__} (CPU)"
-    )
-
-
 def export_model(
     model: nn.Module, method: str, format: str, sample: Tensor, d2: Detectron2Export
 ) -> Exported:
-    """Export ``model`` (eval mode) by ``method`` to ``format``; tracing runs it on ``sample``
-    (a resized image, on the model's device)."""
+    """Export ``model`` (eval mode) by ``method`` to ``format``; tracing and export run it on
+    ``sample`` (a resized image, on the model's device)."""
     check_exportable(model, method, format)
     model.eval()
+    if method == "export":
+        return export_program(model, format, sample)
     with warnings.catch_warnings():
         # Tracing records the model's Python-side shape checks as constants, and torch 2.14
         # deprecates TorchScript and this ONNX exporter: warnings about torch, not the model.

@@ -1,5 +1,5 @@
 """Check an exported model: the sample images its detections are compared on (with eager mode's,
-by :mod:`.matching`), and the TorchScript file run in a new Python process that imports neither
+by :mod:`.matching`), and the exported file run in a new Python process that imports neither
 fishnet_d2 nor Detectron2."""
 
 import io
@@ -59,13 +59,29 @@ def model_input(cfg: CfgNode, image: np.ndarray) -> Tensor:
     return tensor.to(cfg.MODEL.DEVICE)
 
 
-# Run in a new interpreter: ``python -c FRESH_PROCESS_SCRIPT MODEL INPUTS OUTPUTS METHOD DEVICE``.
-# torchvision registers the roi_align and nms operators that Detectron2's models call.
+# Run in a new interpreter: ``python -c FRESH_PROCESS_SCRIPT MODEL INPUTS OUTPUTS METHOD FORMAT DEVICE``.
+# torchvision registers the roi_align and nms operators that Detectron2's models call; ONNX
+# models run in onnxruntime (else onnx's reference evaluator), on the CPU, as the tool runs them.
 FRESH_PROCESS_SCRIPT = """\
 import sys
 import torch, torchvision
-model_file, inputs_file, outputs_file, method, device = sys.argv[1:6]
-model = torch.jit.load(model_file, map_location=device)
+model_file, inputs_file, outputs_file, method, format, device = sys.argv[1:7]
+if format == "torchscript":
+    model = torch.jit.load(model_file, map_location=device)
+elif format == "program":
+    model = torch.export.load(model_file).module()
+elif format == "aoti":
+    model = torch._inductor.aoti_load_package(model_file)
+else:
+    try:
+        import onnxruntime
+        session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+        run = lambda image: session.run(None, {"image": image})
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+        evaluator = ReferenceEvaluator(model_file)
+        run = lambda image: evaluator.run(None, {"image": image})
+    model = lambda image: [torch.as_tensor(o) for o in run(image.cpu().numpy())]
 outputs = []
 with torch.no_grad():
     for image in torch.load(inputs_file):
@@ -84,19 +100,18 @@ torch.save(outputs, outputs_file)
 def run_in_fresh_process(
     exported: Exported, images: Sequence[Tensor], device: str
 ) -> List[Dict[str, Tensor]]:
-    """The TorchScript ``exported`` run on ``images`` in a new Python process that imports only torch
-    and torchvision (not fishnet_d2, not Detectron2): its outputs by name, per image.
+    """``exported`` run on ``images`` in a new Python process that imports only torch and
+    torchvision (and onnxruntime for ONNX), not fishnet_d2, not Detectron2: its outputs by name,
+    per image.
 
     Raises:
         RuntimeError: with the process's error output, when it fails.
     """
-    if exported.format != "torchscript":
-        raise ValueError(f"a {exported.format} model is not run by torch.jit.load")
     with tempfile.TemporaryDirectory(prefix="fishnet_d2_export_check_") as tmp:
         model_file = exported.save(tmp)
         inputs_file, outputs_file = os.path.join(tmp, "inputs.pt"), os.path.join(tmp, "outputs.pt")
         torch.save([image.cpu() for image in images], inputs_file)
-        arguments = [model_file, inputs_file, outputs_file, exported.method, device]
+        arguments = [model_file, inputs_file, outputs_file, exported.method, exported.format, device]
         process = subprocess.run(
             [sys.executable, "-c", FRESH_PROCESS_SCRIPT, *arguments], capture_output=True, text=True
         )
@@ -112,8 +127,7 @@ def run_in_fresh_process(
 
 
 def fresh_process_difference(exported: Exported, images: Sequence[Tensor], device: str) -> float:
-    """The largest difference, relative to each output's scale, between the TorchScript
-    ``exported`` run here and in a new process (:func:`run_in_fresh_process`) on ``images``.
+    """The largest difference, relative to each output's scale, between ``exported`` run here and in a new process (:func:`run_in_fresh_process`) on ``images``.
 
     Raises:
         RuntimeError: the new process failed, or gave outputs of other names or shapes.
