@@ -216,6 +216,27 @@ def tiny_mask_rcnn_cfg() -> CfgNode:
     return cfg
 
 
+DETECTOR_ARCHITECTURES = ("mask_rcnn", "faster_rcnn", "retinanet")
+
+
+def tiny_detector_cfg(architecture: str) -> CfgNode:
+    """The tiny Mask R-CNN (tiny_mask_rcnn_cfg), or its Faster R-CNN or RetinaNet; every detection
+    kept (score threshold 0), so that the random weights give TEST.DETECTIONS_PER_IMAGE (10)."""
+    cfg = tiny_mask_rcnn_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    if architecture == "faster_rcnn":
+        cfg.MODEL.MASK_ON = False
+    elif architecture == "retinanet":
+        cfg.MODEL.MASK_ON = False
+        cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+        cfg.MODEL.BACKBONE.NAME = "build_retinanet_fishnet_fpn_backbone"
+        cfg.MODEL.FISHNET.OUT_FEATURES = ["head3", "head4", "head5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["head3", "head4", "head5"]
+        cfg.MODEL.RETINANET.NUM_CLASSES = 4
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
+    return cfg
+
+
 def write_model(cfg: CfgNode, directory: Path) -> Path:
     """``cfg``'s model with random weights (seed 0), saved by FishNetCheckpointer; returns a YAML
     config with MODEL.WEIGHTS set to it."""

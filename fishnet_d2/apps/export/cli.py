@@ -243,10 +243,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.format is None:
         args.format = formats[0]
     if args.format not in formats:
+        methods = [m for m, fs in FORMATS_BY_METHOD.items() if args.format in fs]
         parser.error(
             f"--export-method {args.export_method} exports to --format {' or '.join(formats)}; "
-            + "; ".join(f"{f} comes from --export-method {m}" for m, fs in FORMATS_BY_METHOD.items() for f in fs
-                        if f == args.format)
+            f"--format {args.format} comes from --export-method {' or '.join(methods)}"
         )
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads={args.threads}: must be >= 1")
