@@ -216,11 +216,7 @@ def _info(
             f"image: float32 tensor (3, H, W) in {cfg.INPUT.FORMAT} order, values 0-255, resized so that "
             f"the short side is {cfg.INPUT.MIN_SIZE_TEST} and the long side at most {cfg.INPUT.MAX_SIZE_TEST}"
         )
-        + (
-            f"; H from {sizes['height'][0]} to {sizes['height'][1]}, W from {sizes['width'][0]} to {sizes['width'][1]}"
-            if sizes
-            else ""
-        ),
+        + ("; " + ", ".join(f"{n[0].upper()} from {lo}" + (f" to {hi}" if hi else " up") for n, (lo, hi) in sizes.items()) if sizes else ""),
         "outputs": exported.output_names,
         "outputs_are": ("a tuple of tensors in this order" if flat else "a list of one dict of tensors")
         + "; boxes XYXY in the input image's pixels (divide by the resize factor for the original image)",

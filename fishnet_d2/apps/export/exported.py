@@ -63,8 +63,8 @@ class Exported:
     run: Callable[[Tensor], Instances] = field(repr=False)  # the exported model on one image
     run_raw: Callable[[Tensor], Dict[str, Tensor]] = field(repr=False)  # its outputs by name
     runtime: str  # what runs it in this process
-    # export: the image heights and widths the program accepts, {"height": (min, max), "width": ...}
-    input_sizes: Optional[Dict[str, Tuple[int, int]]] = None
+    # export: the image heights and widths the program takes, {"height": (min, max or None), "width": ...}
+    input_sizes: Optional[Dict[str, Tuple[int, Optional[int]]]] = None
 
     @property
     def file_name(self) -> str:

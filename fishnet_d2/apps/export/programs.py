@@ -19,12 +19,14 @@ own layouts.
 import copy
 import io
 import os
+import sys
 import tempfile
 import warnings
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import RetinaNet
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
@@ -33,7 +35,7 @@ from torch import Tensor, nn
 from .exported import Exported, onnx_runner
 from .exportable import exportable_detector
 
-__all__ = ["PROGRAM_FORMATS", "DYNAMO_ONNX_OPSET", "AOTI_INDUCTOR_CONFIGS", "export_program", "exported_program", "size_range"]
+__all__ = ["PROGRAM_FORMATS", "DYNAMO_ONNX_OPSET", "AOTI_INDUCTOR_CONFIGS", "export_program", "exported_program", "size_range", "smallest_size"]
 
 PROGRAM_FORMATS = ("program", "aoti", "onnx")
 DYNAMO_ONNX_OPSET = 18  # the dynamo exporter's default opset in torch 2.14
@@ -43,24 +45,37 @@ DYNAMO_ONNX_OPSET = 18  # the dynamo exporter's default opset in torch 2.14
 AOTI_INDUCTOR_CONFIGS = {"layout_optimization": False}
 
 
+def smallest_size(model: nn.Module) -> int:
+    """The smallest image height and width an exported ``model`` takes: its coarsest feature map
+    (the backbone's largest stride) at least 2 pixels on each side. export specializes a size of
+    1 (broadcasting treats it apart), so a program traced there would take no other size."""
+    return max(shape.stride for shape in model.backbone.output_shape().values()) + 1
+
+
 def exported_program(model: nn.Module, sample: Tensor) -> Tuple[torch.export.ExportedProgram, List[str]]:
     """``model`` (eval mode; a copy of it, in NCHW) exported by ``torch.export`` on ``sample``,
-    with dynamic height and width, and its outputs' names."""
+    with dynamic height and width from :func:`smallest_size` up, and its outputs' names. A sample
+    smaller than that is traced padded to it (bottom and right, zeros)."""
     exportable = exportable_detector(copy.deepcopy(model).to(memory_format=torch.contiguous_format)).eval()
-    dynamic = {"image": {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}}
+    smallest = smallest_size(model)
+    height, width = sample.shape[-2:]
+    sample = F.pad(sample, (0, max(0, smallest - width), 0, max(0, smallest - height)))
+    dynamic = {"image": {1: torch.export.Dim("height", min=smallest), 2: torch.export.Dim("width", min=smallest)}}
     with torch.no_grad():
         program = torch.export.export(exportable, (sample,), dynamic_shapes=dynamic, strict=False)
     return program, exportable.output_names
 
 
-def size_range(program: torch.export.ExportedProgram) -> Dict[str, Tuple[int, int]]:
-    """The image heights and widths ``program`` accepts (export narrows the dynamic range to
-    the sizes its graph holds for: the coarsest feature map at least 2 pixels on each side)."""
+def size_range(program: torch.export.ExportedProgram) -> Dict[str, Tuple[int, Optional[int]]]:
+    """The image heights and widths ``program`` accepts, (smallest, largest or None: no bound)
+    each, as export recorded them."""
     placeholder = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "image")
     ranges = {}
     for name, size in zip(("height", "width"), placeholder.meta["val"].shape[1:]):
         constraint = program.range_constraints[size.node.expr]
-        ranges[name] = (int(constraint.lower), int(constraint.upper))
+        # export's "no bound" is its own infinite integer, larger than any machine integer
+        upper = None if bool(constraint.upper >= sys.maxsize) else int(constraint.upper)
+        ranges[name] = (int(constraint.lower), upper)
     return ranges
 
 
@@ -144,12 +159,20 @@ def export_program(model: nn.Module, format: str, sample: Tensor) -> Exported:
 
         runtime = session.runtime
 
+    sizes = size_range(program)
+
     def run_raw(image: Tensor) -> Dict[str, Tensor]:
+        for name, size, (smallest, largest) in zip(sizes, image.shape[1:], sizes.values()):
+            if size < smallest or (largest is not None and size > largest):
+                raise ValueError(
+                    f"an image of {name} {size}: the exported program takes {name}s from {smallest}"
+                    + (f" to {largest}" if largest else "")
+                    + " (see fishnet_d2.apps.export.programs.smallest_size); resize the image larger "
+                    "(INPUT.MIN_SIZE_TEST)"
+                )
         return dict(zip(names, run_flat(image)))
 
     def run(image: Tensor) -> Instances:
         return _instances(model, image, {k: v.to(device) for k, v in run_raw(image).items()})
 
-    exported = Exported("export", format, data, names, run, run_raw, runtime)
-    exported.input_sizes = size_range(program)
-    return exported
+    return Exported("export", format, data, names, run, run_raw, runtime, sizes)
