@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 READY := $(VENV)/.fishnet_d2_ready
 export VENV PYTHON
 
-.PHONY: demo test test-fast release setup clean-venv
+.PHONY: demo test test-fast gpu-check release setup clean-venv
 
 setup: $(READY)
 
@@ -22,6 +22,12 @@ test: $(READY)
 # The inner loop: every test but those marked slow (trainings, subprocesses, torch.compile).
 test-fast: $(READY)
 	$(PY) -m pytest tests -m "not slow"
+
+# One command that proves FishNet on a GPU, in at most 8 minutes (docs/performance.md, "The GPU check"):
+# reports in $(GPU_CHECK_OUTPUT); exit status 3, nothing written, where CUDA is not available.
+GPU_CHECK_OUTPUT ?= output/gpu_check
+gpu-check: $(READY)
+	$(PY) tools/gpu_check.py --output $(GPU_CHECK_OUTPUT)
 
 # The wheel and sdist in build/release/, built from the tracked files and checked (tools/check_wheel.sh;
 # CI also installs the wheel into fresh environments: FLAVOURS="v06 main").
