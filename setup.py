@@ -36,6 +36,7 @@ APPS = [
     "tabulate",
     "onnx",  # export --format onnx, and its check in onnxruntime
     "onnxruntime",
+    "onnxscript",  # export --export-method export --format onnx: torch's dynamo ONNX exporter
 ]
 
 setup(

@@ -182,15 +182,18 @@ def test_the_trained_demo_model_in_onnxruntime_matches_eager(demo_checkpoint, tm
     config, weights, _ = demo_checkpoint
     # Score threshold 0: TEST.DETECTIONS_PER_IMAGE (20) detections from briefly trained weights.
     overrides = ["MODEL.WEIGHTS", str(weights), "MODEL.MASK_ON", str(architecture == "mask_rcnn"), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-    status, out, err = run("--config-file", config, "--format", "onnx", "--output", tmp_path, "--time", "1", *overrides)
+    status, out, err = run(
+        "--config-file", config, "--format", "onnx", "--output", tmp_path, "--time", "1", "--threads", "1,2", *overrides
+    )  # fmt: skip
     assert status == 0, err
     info = json.loads((tmp_path / "export_info.json").read_text())
     assert info["check"]["passed"] and info["check"]["runtime"].startswith("onnxruntime")
     assert [(d["eager"], d["paired"]) for d in info["check"]["detections"]] == [(20, 20), (20, 20)]
     assert [o for o in info["outputs"] if o != "image_size"] == sorted(FIELDS[architecture])
-    timing = info["timing"]
-    assert timing["eager_seconds_per_image"] > 0 and timing["exported_seconds_per_image"] > 0
-    assert "seconds per image: eager " in out
+    runs = info["timing"]["runs"]
+    assert [r["threads"] for r in runs] == [1, 2]
+    assert all(r["eager_seconds_per_image"] > 0 and r["exported_seconds_per_image"] > 0 for r in runs)
+    assert "seconds per image, 2 threads: eager " in out
     model = load_model(load_config(str(config), overrides))
     assert_onnxruntime_matches_eager(tmp_path / "model.onnx", info["outputs"], model, sizes=((96, 128), (160, 120), (128, 64)))
 
@@ -209,7 +212,7 @@ def test_skip_check_writes_the_model_without_running_it_and_still_times_it(confi
                            "--skip-check", "--time", "1", *overrides)  # fmt: skip
     assert status == 0, err
     info = json.loads((tmp_path / "export_info.json").read_text())
-    assert info["check"] is None and info["timing"]["exported_seconds_per_image"] > 0
+    assert info["check"] is None and info["timing"]["runs"][0]["exported_seconds_per_image"] > 0
     assert (tmp_path / "model.onnx").is_file() and "largest difference" not in out
 
 

@@ -62,7 +62,7 @@ fi
 # detectron2's runtime dependencies and the test tools; pinned, so a second run installs nothing.
 echo "[setup] checking pinned dependencies"
 pip_install numpy pillow setuptools fvcore iopath pycocotools opencv-python-headless matplotlib \
-  omegaconf hydra-core termcolor yacs tabulate cloudpickle tqdm tensorboard pytest hypothesis onnx onnxruntime \
+  omegaconf hydra-core termcolor yacs tabulate cloudpickle tqdm tensorboard pytest hypothesis onnx onnxruntime onnxscript \
   pytorchcv timm transformers segmentation-models-pytorch build twine
 
 # A compiled detectron2 needs a source tree: a directory as is, an archive unpacked into UNPACKED.

@@ -300,17 +300,27 @@ class FishNet(Backbone):
                 f"FishNet takes images of shape (N, {self.in_channels}, H, W); got {list(x.shape)}"
             )
         d = self.size_divisibility
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            # TorchScript: the sizes are numbers (scripting) or recorded as constants (tracing).
+            if x.shape[-2] % d != 0 or x.shape[-1] % d != 0:
+                raise ValueError(_divisibility_message(x.shape[-2], x.shape[-1], d))
+        else:
+            _check_divisible(x.shape[-2], x.shape[-1], d)
 
-        def message() -> str:
-            return (
-                f"FishNet needs input height and width that are multiples of {d} "
-                f"(size_divisibility); got {x.shape[-2]}x{x.shape[-1]}. Pad the images "
-                f"(Detectron2's ImageList.from_tensors(..., size_divisibility={d}) does)."
-            )
 
-        # torch._check_value, not `if`: under torch.export a padded size may be a number the data
-        # decides (Detectron2 computes the padding from tensors), which an `if` cannot branch on;
-        # export keeps the check in the program instead. Eager mode raises the same ValueError.
-        # One check per side: `and` would branch on the first.
-        torch._check_value(x.shape[-2] % d == 0, message)
-        torch._check_value(x.shape[-1] % d == 0, message)
+def _divisibility_message(height: int, width: int, divisibility: int) -> str:
+    return (
+        f"FishNet needs input height and width that are multiples of {divisibility} "
+        f"(size_divisibility); got {height}x{width}. Pad the images "
+        f"(Detectron2's ImageList.from_tensors(..., size_divisibility={divisibility}) does)."
+    )
+
+
+@torch.jit.unused
+def _check_divisible(height: int, width: int, divisibility: int) -> None:
+    """ValueError unless ``height`` and ``width`` are multiples of ``divisibility``. Under
+    torch.export they may be sizes the data decides (Detectron2 computes the padding from
+    tensors), on which an ``if`` cannot branch: ``torch._check_value`` keeps the check in the
+    exported program instead. One check per side: ``and`` would branch on the first."""
+    torch._check_value(height % divisibility == 0, lambda: _divisibility_message(height, width, divisibility))
+    torch._check_value(width % divisibility == 0, lambda: _divisibility_message(height, width, divisibility))

@@ -62,6 +62,16 @@ models: pip install onnxruntime, or --skip-check); the tool says which.
 exit status: 0 exported and checked, 1 export or check failed (nothing written), 2 bad command line."""
 
 
+def _thread_counts(text: str) -> List[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: thread counts >= 1, separated by commas (e.g. 1,2)")
+    return counts
+
+
 def argument_parser() -> argparse.ArgumentParser:
     """The command line of Detectron2's ``tools/deploy/export_model.py`` (``--config-file`` taking a
     fishnet_d2 config name too, ``KEY VALUE`` overrides after the options or after ``--opts``), with
@@ -90,9 +100,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-check", action="store_true", help="export without running the exported model")
     parser.add_argument(
         "--threads",
-        type=int,
-        metavar="N",
-        help="intra-op threads of torch, AOTInductor and onnxruntime (default: torch's default)",
+        type=_thread_counts,
+        metavar="N[,N...]",
+        help="intra-op threads of torch, AOTInductor and onnxruntime; with --time, each count is "
+        "timed in turn (e.g. --threads 1,2); the export and the check use the first "
+        "(default: torch's default)",
     )
     parser.add_argument(
         "--time",
@@ -244,8 +256,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"--export-method {args.export_method} exports to --format {' or '.join(formats)}; "
             f"--format {args.format} comes from --export-method {' or '.join(methods)}"
         )
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads={args.threads}: must be >= 1")
     if args.time < 0:
         parser.error(f"--time={args.time}: must be >= 0 (rounds; 0: no timing)")
     if not args.tolerance > 0:
@@ -264,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads[0])
     d2 = None  # torch.export needs none of Detectron2's export tools
     if args.export_method != "export":
         try:
@@ -315,12 +325,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     timing = None
     if args.time:
-        timing = time_export(model, exported, inputs, args.time)
-        print(
-            f"seconds per image: eager {timing['eager_seconds_per_image']:.4g}, exported "
-            f"{timing['exported_seconds_per_image']:.4g} with {exported.runtime} "
-            f"({timing['exported_over_eager']:.3g}x eager; {timing['machine']}, {timing['threads']} threads)"
-        )
+        timing = time_export(model, exported, inputs, args.time, args.threads or ())
+        for run in timing["runs"]:
+            print(
+                f"seconds per image, {run['threads']} threads: eager {run['eager_seconds_per_image']:.4g}, "
+                f"exported {run['exported_seconds_per_image']:.4g} with {exported.runtime} "
+                f"({run['exported_over_eager']:.3g}x eager; {timing['machine']})"
+            )
     path = exported.save(args.output)
     info_path = os.path.join(args.output, INFO_JSON)
     write_json(_info(args, cfg, exported, how, export_seconds, check, timing), info_path)

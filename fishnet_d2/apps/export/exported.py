@@ -89,7 +89,8 @@ class OnnxRunner:
 
 
 def onnx_runner(data: bytes) -> OnnxRunner:
-    """The ONNX model ``data`` in onnxruntime (CPU; as many threads as torch uses in this process)
+    """The ONNX model ``data`` in onnxruntime (CPU; as many threads as torch uses in this process
+    at each call)
     where it is installed, as deployments run it; else in onnx's reference evaluator (pure NumPy:
     exact, but slow for full-size models)."""
     try:
@@ -107,9 +108,16 @@ def onnx_runner(data: bytes) -> OnnxRunner:
         return OnnxRunner(
             evaluate, f"onnx {onnx.__version__} reference evaluator (onnxruntime is not installed)"
         )
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # as many as torch here: comparable times
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return OnnxRunner(
-        lambda image: session.run(None, {"image": image}), f"onnxruntime {onnxruntime.__version__} (CPU)"
-    )
+    sessions: Dict[int, "onnxruntime.InferenceSession"] = {}
+
+    def run(image: np.ndarray) -> Sequence[np.ndarray]:
+        # One session per thread count: as many intra-op threads as torch uses here when it runs
+        # (torch.set_num_threads), so that times compare with torch's and AOTInductor's.
+        threads = torch.get_num_threads()
+        if threads not in sessions:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            sessions[threads] = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return sessions[threads].run(None, {"image": image})
+
+    return OnnxRunner(run, f"onnxruntime {onnxruntime.__version__} (CPU)")

@@ -42,19 +42,35 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def time_export(model: nn.Module, exported: Exported, images: Sequence[Tensor], rounds: int) -> Dict[str, Any]:
+def time_export(
+    model: nn.Module, exported: Exported, images: Sequence[Tensor], rounds: int, threads: Sequence[int] = ()
+) -> Dict[str, Any]:
     """Seconds per image of ``exported`` (its raw outputs, in the runtime it runs in) and of eager
-    mode (the same outputs: :func:`eager_instances`), taking turns, with the machine."""
-    eager, exported_seconds = seconds_per_image(
-        [lambda image: eager_instances(model, image), exported.run_raw], images, rounds
-    )
+    mode (the same outputs: :func:`eager_instances`), taking turns, with the machine; with
+    ``threads``, once per thread count (torch's, AOTInductor's and onnxruntime's intra-op threads),
+    else with torch's current count. torch's thread count is restored."""
+    current = torch.get_num_threads()
+    runs = []
+    try:
+        for count in threads or [current]:
+            torch.set_num_threads(count)
+            eager, exported_seconds = seconds_per_image(
+                [lambda image: eager_instances(model, image), exported.run_raw], images, rounds
+            )
+            runs.append(
+                {
+                    "threads": count,
+                    "eager_seconds_per_image": eager,
+                    "exported_seconds_per_image": exported_seconds,
+                    "exported_over_eager": exported_seconds / eager,
+                }
+            )
+    finally:
+        torch.set_num_threads(current)
     return {
         "images": [list(image.shape[1:]) for image in images],
         "rounds": rounds,
-        "eager_seconds_per_image": eager,
-        "exported_seconds_per_image": exported_seconds,
         "exported_runtime": exported.runtime,
-        "exported_over_eager": exported_seconds / eager,
         "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs",
-        "threads": torch.get_num_threads(),  # torch's, and onnxruntime's intra-op threads
+        "runs": runs,
     }
