@@ -80,6 +80,9 @@ def train_steps(model: torch.nn.Module, batch: List[dict], device: str, precisio
 
 
 def loss_checks(result: PartResult, device: str, scale: Scale) -> None:
+    """FishNet-150's Mask R-CNN (random weights, FrozenBN calibrated) trained from the same
+    weights on the same batch in each precision: every loss finite, the total loss before the
+    first update and after the last within the scale's bound of float32's."""
     spec = MODEL_SPECS["fishnet150"]
     cfg = detector_config(spec, device, scale.amp_opts)
     model = build_detector(spec, device, scale.amp_opts)  # random weights, FrozenBN calibrated

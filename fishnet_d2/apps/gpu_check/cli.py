@@ -51,6 +51,7 @@ exit status: {EXIT_PASSED} every part passed, {EXIT_FAILED} a part failed (the o
 
 
 def argument_parser() -> argparse.ArgumentParser:
+    """``--device``, ``--output`` and ``--parts``; the parts and exit statuses in its epilog."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Prove FishNet on a GPU: correctness, mixed precision, memory and speed, a short training.",

@@ -136,6 +136,8 @@ def step_differences(
 
 
 def twins_on(device: str, norm: str, plain: Dict, fast: Dict) -> Tuple[FishNet, FishNet]:
+    """CHECK_ARCH's twins (:func:`twin_fishnets`) with the options ``plain`` and ``fast``, on
+    ``device`` in float64, in training mode."""
     first, second = twin_fishnets(CHECK_ARCH, norm, plain=plain, fast=fast, out_features=_FEATURES)
     return first.to(device, torch.float64).train(), second.to(device, torch.float64).train()
 

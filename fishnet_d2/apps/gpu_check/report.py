@@ -20,12 +20,14 @@ _NOT_RUN = "<!-- doc: not run: a recorded output of tools/gpu_check.py -->"
 
 
 def overall_status(parts: Sequence[PartResult], pending: Sequence[str]) -> str:
+    """"incomplete" while parts are pending, else "passed" when every part passed, or "failed"."""
     if pending:
         return "incomplete"
     return PASSED if all(p.status == PASSED for p in parts) else "failed"
 
 
 def report_json(header: Dict[str, Any], parts: Sequence[PartResult], pending: Sequence[str]) -> str:
+    """The JSON report: the header (command, device, scale, times), the status, each part's record."""
     record = {
         **header,
         "status": overall_status(parts, pending),
@@ -44,6 +46,10 @@ def _value(value: Any) -> str:
 
 
 def report_markdown(header: Dict[str, Any], parts: Sequence[PartResult], pending: Sequence[str]) -> str:
+    """The markdown report: the device and a line per part, then each part's checks (measured,
+    bound, status, why), tables and notes, and its error. Its headings start at level 3, to go
+    under a section of docs/performance.md; its one kind of code block (an error) carries the
+    docs' marker."""
     device = header["device"]
     lines = [
         f"### GPU check: {device['device']}",

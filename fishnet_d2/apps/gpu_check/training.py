@@ -9,9 +9,11 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from detectron2.config import CfgNode
+
 from fishnet_d2.model_zoo import load_config
 
-from ..data import register_synthetic_shapes
+from ..data import DEMO_DATASET_PREFIX, register_synthetic_shapes
 from ..demo.pipeline import CHECKPOINT_NAME, prepare_datasets, train_and_evaluate
 from ..export import ExportUnavailableError, detectron2_export
 from ..export import main as export_main
@@ -30,12 +32,10 @@ AP_BOUND = 5.0
 AP_WHY = "the same recipe; another device rounds differently (a point or two between CPUs)"
 
 
-def training_config(device: str, scale: Scale, work: Path):
+def training_config(device: str, scale: Scale, work: Path) -> CfgNode:
     """The demo's config on ``device`` with the scale's overrides, its dataset registered."""
-    if scale.training_dataset is None:
-        import fishnet_d2.apps.data  # noqa: F401  registers fishnet_demo_train and fishnet_demo_val
-
-        names = {"train": "fishnet_demo_train", "val": "fishnet_demo_val"}
+    if scale.training_dataset is None:  # the demo's, which importing ..data registered
+        names = {"train": f"{DEMO_DATASET_PREFIX}_train", "val": f"{DEMO_DATASET_PREFIX}_val"}
     else:
         names = register_synthetic_shapes("fishnet_gpu_check", root=work / "datasets", spec=scale.training_dataset)
     opts = [
