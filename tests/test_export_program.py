@@ -63,8 +63,9 @@ def export_cfg(architecture: str):
 def export(tmp_path, architecture: str, format: str):
     config = write_model(export_cfg(architecture), tmp_path / "model")
     status = main(
-        ["--config-file", str(config), "--export-method", "export", "--format", format, "--output", str(tmp_path / "out")]
-    )
+        ["--config-file", str(config), "--export-method", "export", "--format", format, "--output", str(tmp_path / "out"),
+         "MODEL.WEIGHTS", str(tmp_path / "model" / "model.pth")]
+    )  # fmt: skip
     assert status == 0
     return config, json.loads((tmp_path / "out" / "export_info.json").read_text())
 
