@@ -253,3 +253,19 @@ def test_other_detectors_are_refused_with_what_is_supported(tiny_models):
     model = tiny_models["mask_rcnn"]
     with pytest.raises(ValueError, match="supports GeneralizedRCNN .* and RetinaNet"):
         exportable_detector(model.backbone)
+
+
+@pytest.mark.parametrize(
+    "overrides, refusal",
+    [
+        ({"MODEL.ROI_HEADS.NAME": "CascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": True},
+         "MODEL.ROI_HEADS.NAME builds a CascadeROIHeads; torch.export supports StandardROIHeads"),
+        ({"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False}, "supports boxes and masks, not keypoints"),
+    ],
+)  # fmt: skip
+def test_parts_without_an_equivalent_are_refused_naming_what_is_supported(overrides, refusal):
+    cfg = tiny_detector_cfg("mask_rcnn")
+    for key, value in overrides.items():
+        cfg.merge_from_list([key, value])
+    with pytest.raises(ValueError, match=refusal):
+        exportable_detector(build_model(cfg))

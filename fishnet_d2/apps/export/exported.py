@@ -13,6 +13,7 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 
 from ...weights.atomic_file import atomic_write
+from .exportable import check_exportable_detector
 
 __all__ = [
     "FORMATS_BY_METHOD",
@@ -50,6 +51,8 @@ def check_exportable(model: nn.Module, method: str, format: str) -> None:
             f"MODEL.META_ARCHITECTURE builds a {type(model).__name__}; export supports "
             "GeneralizedRCNN (Mask R-CNN, Faster R-CNN) and RetinaNet"
         )
+    if method == "export":
+        check_exportable_detector(model)
 
 
 @dataclass
