@@ -6,6 +6,7 @@ from .cli import argument_parser, main
 from ...model_zoo import load_config
 from .dataset_ids import DatasetIds, annotations_ids, dataset_ids
 from .images import InputError, expand_inputs, read_image_file
+from .exported import ExportedModel, ExportedModelError
 from .predictor import MAX_OUTPUT_PIXELS, Prediction, Predictor, load_model, output_size
 from .results import assign_image_ids, coco_results, write_json
 from .video import AtomicVideoWriter, open_camera, open_video, read_frames
@@ -20,6 +21,8 @@ __all__ = [
     "InputError",
     "expand_inputs",
     "read_image_file",
+    "ExportedModel",
+    "ExportedModelError",
     "MAX_OUTPUT_PIXELS",
     "Prediction",
     "Predictor",

@@ -22,6 +22,7 @@ from ..visualization import draw_predictions, prediction_metadata
 from ...model_zoo import add_config_arguments, load_config
 from .dataset_ids import DatasetIds, annotations_ids, dataset_ids
 from .images import InputError, expand_inputs, read_image_file
+from .exported import ExportedModelError
 from .predictor import Prediction, Predictor
 from .results import assign_image_ids, coco_results, write_json
 from .video import VIDEO_CODECS, AtomicVideoWriter, open_camera, open_video, read_frames
@@ -42,6 +43,7 @@ examples:
       --input datasets/fishnet_demo/val --dataset fishnet_demo_val --confidence-threshold 0.05 \\
       --output out/ MODEL.WEIGHTS output/model_final.pth
   python tools/predict.py --config-file my_config.yaml --video-input clip.mp4 --output out/clip.mp4
+  python tools/predict.py --config-file my_config.yaml --exported exported/ --input photos/ --output out/
 
 config overrides (KEY VALUE ...) go after the options, or after --opts.
 outputs: per image a drawing (same name; .png added to names not ending in .jpg/.jpeg/.png), and
@@ -50,6 +52,11 @@ image ids: with --dataset or --annotations the dataset's, found by file name; el
 the file name when all names are numbers, else 1..N). With --output FILE (one image, or a
 .mp4/.avi video) the JSON files are FILE's stem + '_' + those names. Results to evaluate need
 Detectron2's --confidence-threshold 0.05 (the default 0.5 is for drawing).
+--exported DIR runs the model tools/export_model.py wrote to DIR (any of its formats) instead of
+building the config's model: the config gives the input format, the test resize and the class
+names, and must be the one exported (its meta-architecture and MODEL.MASK_ON); MODEL.WEIGHTS is not
+read. The exported model keeps the detections its export config's thresholds kept; of those,
+--confidence-threshold keeps the ones scoring above it, as the eager model does.
 exit status: 0 when every input was predicted, 1 when any failed (each is reported and skipped),
 2 for a bad command line."""
 
@@ -97,6 +104,13 @@ def argument_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="the minimum score of the predictions kept (the heads' test thresholds; default 0.5; "
         "0.05, Detectron2's default, for results to evaluate)",
+    )
+    parser.add_argument(
+        "--exported",
+        metavar="DIR",
+        help="predict with the model tools/export_model.py exported to DIR (its --output: "
+        "export_info.json and the model file), not the config's eager model; --config-file is still "
+        "needed (input format, test size, class names) and MODEL.WEIGHTS is not read",
     )
     return parser
 
@@ -372,13 +386,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{'/'.join(VIDEO_CODECS)} file"
         )
 
-    if not cfg.MODEL.WEIGHTS:
+    if args.exported is None and not cfg.MODEL.WEIGHTS:
         print("warning: MODEL.WEIGHTS is empty: predicting with random weights", file=sys.stderr)
     try:
-        predictor = Predictor(cfg)
+        predictor = Predictor(cfg, exported=args.exported)
+    except ExportedModelError as e:
+        print(f"error: --exported {e}", file=sys.stderr)
+        return 1
     except (CheckpointLoadError, FileNotFoundError) as e:
         print(f"error: MODEL.WEIGHTS: {e}", file=sys.stderr)
         return 1
+    if args.exported is not None:
+        print(f"predicting with {predictor.model}")
     metadata = prediction_metadata(cfg)
     if numbering is not None:
         metadata = Metadata(**{**metadata.as_dict(), "thing_dataset_id_to_contiguous_id": numbering.category_ids})

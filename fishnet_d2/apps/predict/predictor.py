@@ -3,7 +3,7 @@ it, with the size of its outputs bounded for huge images."""
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import detectron2.data.transforms as T
 import numpy as np
@@ -12,6 +12,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from ...weights.checkpointer import FishNetCheckpointer
+from .exported import ExportedModel
 
 __all__ = ["MAX_OUTPUT_PIXELS", "Prediction", "Predictor", "load_model", "output_size"]
 
@@ -51,15 +52,20 @@ class Prediction:
 
 
 class Predictor:
-    """``cfg``'s model (:func:`load_model`). Each image is resized as in testing
-    (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, Detectron2's ``ResizeShortestEdge``), so images of
-    any size are predicted at the model's test size; the outputs are at :func:`output_size`."""
+    """``cfg``'s model (:func:`load_model`), or, given ``exported`` (the directory that
+    ``tools/export_model.py --output`` wrote), the exported model of it
+    (:class:`~fishnet_d2.apps.predict.exported.ExportedModel`, which raises ``ExportedModelError``
+    for a directory it cannot use). Each image is resized as in testing (``INPUT.MIN_SIZE_TEST`` /
+    ``MAX_SIZE_TEST``, Detectron2's ``ResizeShortestEdge``), so images of any size are predicted at
+    the model's test size; the outputs are at :func:`output_size`."""
 
-    def __init__(self, cfg: CfgNode, *, max_output_pixels: int = MAX_OUTPUT_PIXELS):
+    def __init__(
+        self, cfg: CfgNode, *, max_output_pixels: int = MAX_OUTPUT_PIXELS, exported: Optional[str] = None
+    ):
         if max_output_pixels < 1:
             raise ValueError(f"max_output_pixels={max_output_pixels}: must be >= 1")
         self.cfg = cfg.clone()
-        self.model = load_model(self.cfg)
+        self.model = load_model(self.cfg) if exported is None else ExportedModel(exported, self.cfg)
         self.resize = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
