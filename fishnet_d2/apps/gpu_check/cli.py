@@ -89,6 +89,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_NO_CUDA
     parts = list(dict.fromkeys(args.parts))
     scale = scale_for(device)
+    threads = torch.get_num_threads()
+    if scale.threads:
+        torch.set_num_threads(scale.threads)  # before describe(), which reports the threads
     argv_used = sys.argv[1:] if argv is None else list(argv)
     header = {
         "command": " ".join([PROG, *map(shlex.quote, argv_used)]),
@@ -98,9 +101,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     start = time.perf_counter()
     done: List[PartResult] = []
-    threads = torch.get_num_threads()
-    if scale.threads:
-        torch.set_num_threads(scale.threads)
     with tempfile.TemporaryDirectory(prefix="fishnet_gpu_check-") as work:
         for k, name in enumerate(parts):
             print(f"\n=== gpu_check: {name} on {device} (expected {scale.expected_seconds.get(name, '?')} s) ===", flush=True)
