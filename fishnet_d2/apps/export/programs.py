@@ -35,7 +35,15 @@ from torch import Tensor, nn
 from .exported import Exported, onnx_runner
 from .exportable import exportable_detector
 
-__all__ = ["PROGRAM_FORMATS", "DYNAMO_ONNX_OPSET", "AOTI_INDUCTOR_CONFIGS", "export_program", "exported_program", "size_range", "smallest_size"]
+__all__ = [
+    "PROGRAM_FORMATS",
+    "DYNAMO_ONNX_OPSET",
+    "AOTI_INDUCTOR_CONFIGS",
+    "export_program",
+    "exported_program",
+    "size_range",
+    "smallest_size",
+]
 
 PROGRAM_FORMATS = ("program", "aoti", "onnx")
 DYNAMO_ONNX_OPSET = 18  # the dynamo exporter's default opset in torch 2.14
@@ -70,9 +78,10 @@ def size_range(program: torch.export.ExportedProgram) -> Dict[str, Tuple[int, Op
     """The image heights and widths ``program`` accepts, (smallest, largest or None: no bound)
     each, as export recorded them."""
     placeholder = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "image")
+    constraints = {str(symbol): value_range for symbol, value_range in program.range_constraints.items()}
     ranges = {}
     for name, size in zip(("height", "width"), placeholder.meta["val"].shape[1:]):
-        constraint = program.range_constraints[size.node.expr]
+        constraint = constraints[str(size)]  # the symbol's name, as the size prints
         # export's "no bound" is its own infinite integer, larger than any machine integer
         upper = None if bool(constraint.upper >= sys.maxsize) else int(constraint.upper)
         ranges[name] = (int(constraint.lower), upper)
