@@ -135,14 +135,15 @@ def step_differences(
     return outputs, grads, buffer_difference
 
 
+# Every feature of a FishNet with 3 stages per part: every stage's output is compared.
+_FEATURES = ["stem", "tail3", "tail4", "tail5", "bridge", "body4", "body3", "body2", "head2", "head3", "head4", "head5"]
+
+
 def twins_on(device: str, norm: str, plain: Dict, fast: Dict) -> Tuple[FishNet, FishNet]:
     """CHECK_ARCH's twins (:func:`twin_fishnets`) with the options ``plain`` and ``fast``, on
     ``device`` in float64, in training mode."""
     first, second = twin_fishnets(CHECK_ARCH, norm, plain=plain, fast=fast, out_features=_FEATURES)
     return first.to(device, torch.float64).train(), second.to(device, torch.float64).train()
-
-
-_FEATURES = ["stem", "tail3", "tail4", "tail5", "bridge", "body4", "body3", "body2", "head2", "head3", "head4", "head5"]
 
 
 def equivalence_checks(device: str, x: torch.Tensor) -> Tuple[List[Check], Dict[str, Dict[str, float]]]:
