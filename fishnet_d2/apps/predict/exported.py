@@ -26,7 +26,7 @@ them: the same detections as eager when the export's threshold is at most this o
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
