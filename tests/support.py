@@ -237,6 +237,15 @@ def tiny_detector_cfg(architecture: str) -> CfgNode:
     return cfg
 
 
+def export_cfg(architecture: str) -> CfgNode:
+    """tiny_detector_cfg's model at test sizes from 96: the exported programs take sizes from 65
+    (Mask R-CNN; RetinaNet 129: the coarsest map 2 pixels): tiny_detector_cfg's 64 is too small."""
+    cfg = tiny_detector_cfg(architecture)
+    cfg.INPUT.MIN_SIZE_TEST = 96 if architecture != "retinanet" else 136
+    cfg.INPUT.MAX_SIZE_TEST = 2 * cfg.INPUT.MIN_SIZE_TEST
+    return cfg
+
+
 def write_model(cfg: CfgNode, directory: Path) -> Path:
     """``cfg``'s model with random weights (seed 0), saved by FishNetCheckpointer; returns a YAML
     config with MODEL.WEIGHTS set to it."""

@@ -21,7 +21,7 @@ from fishnet_d2.apps.export import FILE_NAMES, exported_program, main, size_rang
 from fishnet_d2.apps.export.exportable import exportable_detector
 from fishnet_d2.apps.predict import load_config, load_model
 
-from .support import tiny_detector_cfg, tiny_mask_rcnn_cfg, write_model
+from .support import export_cfg, tiny_mask_rcnn_cfg, write_model
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +49,6 @@ else:
 assert not [m for m in sys.modules if m.split(".")[0] in ("fishnet_d2", "detectron2")]
 torch.save([o.detach() for o in outputs], outputs_file)
 """
-
-
-def export_cfg(architecture: str):
-    """tiny_detector_cfg's model at test sizes from 96: the exported programs take sizes from 65
-    (Mask R-CNN; RetinaNet 129: the coarsest map 2 pixels): tiny_detector_cfg's 64 is too small."""
-    cfg = tiny_detector_cfg(architecture)
-    cfg.INPUT.MIN_SIZE_TEST = 96 if architecture != "retinanet" else 136
-    cfg.INPUT.MAX_SIZE_TEST = 2 * cfg.INPUT.MIN_SIZE_TEST
-    return cfg
 
 
 def export(tmp_path, architecture: str, format: str):

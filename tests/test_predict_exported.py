@@ -30,8 +30,7 @@ from pycocotools import mask as mask_util
 from fishnet_d2.apps.export import main as export_main
 from fishnet_d2.apps.predict import main as predict_main
 
-from .support import write_model
-from .test_export_program import export_cfg
+from .support import export_cfg, write_model
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
