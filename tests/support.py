@@ -9,7 +9,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from detectron2.config import CfgNode, LazyCall as L, get_cfg
@@ -326,3 +326,15 @@ def run_converter(*args, script: bool = False) -> subprocess.CompletedProcess:
         except SystemExit as e:  # argparse's usage errors
             returncode = e.code
     return subprocess.CompletedProcess([str(CONVERTER), *argv], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def run_main(main: Callable[[List[str]], int], *args) -> Tuple[int, str, str]:
+    """A tool's ``main`` run in this process on ``args`` (each made a string): (exit status,
+    stdout, stderr); argparse's usage errors give their exit status too."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as e:
+            status = e.code
+    return status, stdout.getvalue(), stderr.getvalue()

@@ -8,7 +8,6 @@ its TorchScript modules on their own (fishnet_d2.backports.detectron2_export_mod
 export works in both.
 Where even that fails the tool says what to install (simulated here)."""
 
-import contextlib
 import copy
 import dataclasses
 import io
@@ -32,7 +31,7 @@ from fishnet_d2.apps.data import DEMO_SPEC, render_split
 from fishnet_d2.apps.export import compare_instances, d2export, detectron2_export, export_model, main
 from fishnet_d2.apps.predict import load_config, load_model
 
-from .support import DETECTOR_ARCHITECTURES, tiny_detector_cfg, tiny_mask_rcnn_cfg, write_model
+from .support import DETECTOR_ARCHITECTURES, run_main, tiny_detector_cfg, write_model
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
@@ -55,13 +54,7 @@ def config_files(tmp_path_factory):
 
 def run(*args):
     """tools/export_model.py's main in this process: (exit status, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            status = main([str(a) for a in args])
-        except SystemExit as e:
-            status = e.code
-    return status, stdout.getvalue(), stderr.getvalue()
+    return run_main(main, *args)
 
 
 # The test's own check: the file alone, in an interpreter that never imports fishnet_d2.

@@ -2,8 +2,6 @@
 good and bad files, a video, and degenerate inputs; drawings, COCO results that pycocotools reads,
 a clear message per bad input, and nothing half-written."""
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -38,7 +36,7 @@ from fishnet_d2.apps.predict import (
 from fishnet_d2.apps.visualization import draw_predictions, prediction_metadata
 from fishnet_d2.engine import main as train_net_main
 
-from .support import REPO, tiny_mask_rcnn_cfg, write_model
+from .support import REPO, run_main, tiny_mask_rcnn_cfg, write_model
 
 SCRIPT = REPO / "tools" / "predict.py"
 GOOD = ["good.png", "photo.jpg", "gray.png", "rgba.png", "depth16.png"]
@@ -73,13 +71,7 @@ def images(tmp_path_factory) -> Path:
 
 def run(*args):
     """tools/predict.py's main in this process: (exit status, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            status = main([str(a) for a in args])
-        except SystemExit as e:  # argparse's usage errors
-            status = e.code
-    return status, stdout.getvalue(), stderr.getvalue()
+    return run_main(main, *args)
 
 
 def leftovers(directory: Path):

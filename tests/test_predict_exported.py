@@ -14,8 +14,6 @@ dynamo exporter (~40 s) gives the same outputs as the ONNX tracing writes, and r
 same onnxruntime path.
 """
 
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -30,7 +28,7 @@ from pycocotools import mask as mask_util
 from fishnet_d2.apps.export import main as export_main
 from fishnet_d2.apps.predict import main as predict_main
 
-from .support import export_cfg, write_model
+from .support import export_cfg, run_main, write_model
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
@@ -47,17 +45,6 @@ EXPORTS = [
 ]
 BOX_TOLERANCE = 1e-2  # pixels
 SCORE_TOLERANCE = 1e-4
-
-
-def run(main, *args):
-    """A tool's main in this process: (exit status, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            status = main([str(a) for a in args])
-        except SystemExit as e:  # argparse's usage errors
-            status = e.code
-    return status, stdout.getvalue(), stderr.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +70,7 @@ def exports(tmp_path_factory):
         if key not in made:
             root = tmp_path_factory.mktemp("-".join(key))
             config = write_model(export_cfg(architecture), root / "model")
-            status, _, err = run(
+            status, _, err = run_main(
                 export_main, "--config-file", config, "--export-method", method, "--format", format,
                 "--output", root / "exported", "--skip-check",
             )  # fmt: skip
@@ -95,7 +82,7 @@ def exports(tmp_path_factory):
 
 
 def predict(*args) -> str:
-    status, out, err = run(predict_main, *args)
+    status, out, err = run_main(predict_main, *args)
     assert status == 0, err
     return out
 
@@ -240,7 +227,7 @@ BAD_EXPORTS = {
 def test_a_directory_that_is_not_a_usable_export_is_refused(config_file, images, tmp_path, case):
     make, message = BAD_EXPORTS[case]
     directory = make(tmp_path)
-    status, _, err = run(
+    status, _, err = run_main(
         predict_main, "--config-file", config_file, "--exported", directory, "--input", images, "--output", tmp_path / "out"
     )  # fmt: skip
     assert status == 1, err
@@ -252,7 +239,7 @@ def test_a_directory_that_is_not_a_usable_export_is_refused(config_file, images,
 def test_an_onnx_export_without_onnxruntime_says_what_to_install(config_file, images, tmp_path, monkeypatch):
     directory = write_export(tmp_path / "x", b"x", format="onnx", file="model.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
-    status, _, err = run(
+    status, _, err = run_main(
         predict_main, "--config-file", config_file, "--exported", directory, "--input", images, "--output", tmp_path / "out"
     )  # fmt: skip
     assert status == 1

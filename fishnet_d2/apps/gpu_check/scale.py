@@ -2,6 +2,7 @@
 questions (FishNet-150's Mask R-CNN at 800x1216, the demo's whole schedule), on the CPU the same
 code on sizes that take seconds, so that the suite runs every part on every CI run."""
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -11,17 +12,28 @@ from ..data import ShapeImageParams, SyntheticShapesSpec
 
 __all__ = ["Scale", "SCALES", "scale_for", "CHECK_ARCH", "SMALL_DETECTOR_OPTS", "BENCHMARK_MODELS", "CPU_BENCHMARK_MODELS"]
 
-# The FishNet of the equivalence checks: narrow, with runs of blocks long enough that the
-# memory-efficient path recovers inputs in each place it can (tail4, head2's refinement, transfer
-# runs; tests/test_training_memory.py's LONG_RUNS_ARCH). Float64 on every device.
-CHECK_ARCH = FishNetArch(
+# A detector that takes seconds on a CPU (with narrow FPN and heads, few proposals: below): one
+# block per stage. The GPU runs the configs as they are.
+SMALL_ARCH = FishNetArch(
     stem_channels=16,
     tail_channels=(16, 32, 64),
     body_channels=(64, 48, 32),
     head_channels=(48, 112, 208),
+    tail_blocks=(1, 1, 1),
+    bridge_blocks=1,
+    body_blocks=(1, 1, 1),
+    head_blocks=(1, 1, 1),
+    body_transfer_blocks=(1, 1, 1),
+    head_transfer_blocks=(1, 1, 1),
+)
+
+# The FishNet of the equivalence checks: narrow, with runs of blocks long enough that the
+# memory-efficient path recovers inputs in each place it can (tail4, head2's refinement, transfer
+# runs; tests/test_training_memory.py's LONG_RUNS_ARCH). Float64 on every device.
+CHECK_ARCH = dataclasses.replace(
+    SMALL_ARCH,
     tail_blocks=(1, 4, 2),
     bridge_blocks=3,
-    body_blocks=(1, 1, 1),
     head_blocks=(2, 1, 2),
     body_transfer_blocks=(1, 2, 2),
     head_transfer_blocks=(1, 1, 3),
@@ -37,21 +49,7 @@ def _arch_opts(arch: FishNetArch) -> Tuple[str, ...]:
     return tuple(opts)
 
 
-# A detector that takes seconds on a CPU: CHECK_ARCH's widths with one block per stage, narrow
-# FPN and heads, few proposals. The GPU runs the configs as they are.
-_SMALL_ARCH = FishNetArch(
-    stem_channels=16,
-    tail_channels=(16, 32, 64),
-    body_channels=(64, 48, 32),
-    head_channels=(48, 112, 208),
-    tail_blocks=(1, 1, 1),
-    bridge_blocks=1,
-    body_blocks=(1, 1, 1),
-    head_blocks=(1, 1, 1),
-    body_transfer_blocks=(1, 1, 1),
-    head_transfer_blocks=(1, 1, 1),
-)
-SMALL_DETECTOR_OPTS = _arch_opts(_SMALL_ARCH) + (
+SMALL_DETECTOR_OPTS = _arch_opts(SMALL_ARCH) + (
     "MODEL.FPN.OUT_CHANNELS", "32",
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32",
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",

@@ -53,7 +53,7 @@ class ExportableRCNN(nn.Module):
         )
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
-        model, rpn, heads = self.model, self.model.proposal_generator, self.model.roi_heads
+        model, heads = self.model, self.model.roi_heads
         image_size = (image.shape[-2], image.shape[-1])
         x = (image - model.pixel_mean) / model.pixel_std
         features = model.backbone(pad_to_divisible(x, model.backbone.size_divisibility))
