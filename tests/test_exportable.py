@@ -80,6 +80,29 @@ def test_batched_nms_keeps_detectron2s_boxes(count, classes):
         assert 0 < len(kept) < count  # NMS removed some and kept some: the case is not trivial
 
 
+class BatchedNms(torch.nn.Module):
+    def forward(self, boxes, scores, classes):
+        return batched_nms(boxes, scores, classes, 0.5)
+
+
+def test_exported_nms_keeps_any_number_of_boxes_even_none_or_one():
+    """torchvision's nms tells torch.export it keeps at least 2 boxes, and the program asserts it:
+    the equivalent must run when NMS keeps 0 or 1."""
+    generator = torch.Generator().manual_seed(1)
+    sample = (random_boxes(20, generator), torch.rand(20, generator=generator), torch.zeros(20, dtype=torch.int64))
+    count = torch.export.Dim.DYNAMIC
+    program = torch.export.export(
+        BatchedNms(), sample, dynamic_shapes=({0: count}, {0: count}, {0: count}), strict=False
+    ).module()
+    one_box = torch.tensor([[10.0, 10.0, 50.0, 40.0]])
+    for boxes in (random_boxes(0, generator), one_box, one_box.repeat(5, 1), random_boxes(300, generator)):
+        scores = torch.rand(len(boxes), generator=generator)
+        classes = torch.randint(0, 3 if len(boxes) > 5 else 1, (len(boxes),), generator=generator)
+        expected = detectron2_batched_nms(boxes, scores, classes, 0.5)
+        assert torch.equal(program(boxes, scores, classes), expected)
+        assert len(expected) == {0: 0, 1: 1, 5: 1}.get(len(boxes), len(expected))  # 5 copies of a box: 1 kept
+
+
 def rpn_outputs(level_sizes, generator):
     proposals = [random_boxes(n, generator).unsqueeze(0) for n in level_sizes]
     logits = [torch.randn(1, n, generator=generator) * 3 for n in level_sizes]

@@ -6,6 +6,12 @@ count the data decides, which ``torch.export`` cannot answer. Here it is always 
 coordinate trick, as in a traced model: the boxes of each class moved apart by a multiple of the
 largest coordinate, and one NMS. The kept boxes are those of an NMS per class, up to the
 rounding of the moved coordinates in the overlaps that decide ties at the threshold.
+
+torchvision's ``nms`` also tells export that it keeps at least 2 boxes (its fake kernel makes the
+count with ``create_unbacked_symint``, whose least value is 2), and an exported program asserts
+that at run time: an image whose NMS keeps 0 or 1 box would fail. Two boxes of no area and the
+lowest score go in with the others: NMS keeps them (an overlap with a box of no area is 0 or
+undefined, never above the threshold), after every other box, and they are cut off.
 """
 
 import torch
@@ -22,4 +28,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: f
     # The largest coordinate, -inf when there is no box: max() of an empty tensor fails.
     largest = torch.cat([boxes.reshape(-1), boxes.new_full((1,), float("-inf"))]).max()
     offsets = classes.to(boxes) * (largest + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    moved = torch.cat([boxes + offsets[:, None], boxes.new_zeros(2, 4)])
+    kept = nms(moved, torch.cat([scores, scores.new_full((2,), float("-inf"))]), iou_threshold)
+    return kept[: kept.shape[0] - 2]  # the two added boxes, last
