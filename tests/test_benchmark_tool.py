@@ -268,7 +268,7 @@ def random_tiny_detector():
     return build_model(cfg).eval()
 
 
-@pytest.mark.parametrize("cap", [20, 400])
+@pytest.mark.parametrize("cap", [20, pytest.param(400, marks=pytest.mark.slow)])  # 400: seconds
 def test_every_model_runs_its_mask_head_on_the_detection_cap(random_tiny_detector, cap, monkeypatch):
     """The inference times compare models on the same mask-head work: calibrated, a random
     detector returns exactly TEST.DETECTIONS_PER_IMAGE detections (R-50 and FishNet-150 had
@@ -281,6 +281,7 @@ def test_every_model_runs_its_mask_head_on_the_detection_cap(random_tiny_detecto
         assert len(model(inputs)[0]["instances"]) == cap
 
 
+@pytest.mark.slow  # calibration searches for 500 detections before it gives up: seconds
 def test_too_many_detections_wanted_is_an_error(random_tiny_detector, monkeypatch):
     model = random_tiny_detector
     # 5 proposals of 80 classes: at most 400 detections, fewer than the 500 asked for.
