@@ -7,6 +7,7 @@ export cannot trace, one module each, written so that it could replace the funct
 * :mod:`.pooling`: ``ROIPooler.forward`` (``Boxes`` of a data-dependent number of boxes);
 * :mod:`.detections`: ``fast_rcnn_inference_single_image`` and RetinaNet's ``inference_single_image``;
 * :mod:`.masks`: ``mask_rcnn_inference``;
+* :mod:`.layers`: ``Conv2d.forward`` (v0.6's asks whether its input is empty), in the mask head;
 * :mod:`.nms`: ``batched_nms`` (torchvision's branches on the number of boxes);
 * :mod:`.boxes`: ``Boxes.clip``, ``nonempty`` and ``area`` on tensors.
 

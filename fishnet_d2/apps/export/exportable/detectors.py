@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ....backports import padding_constraints, uses_sigmoid_class_scores
 from .detections import fast_rcnn_detections, retinanet_detections
+from .layers import mask_head_layers
 from .masks import mask_probabilities
 from .pooling import pool_boxes
 from .preprocess import pad_to_divisible
@@ -78,7 +79,7 @@ class ExportableRCNN(nn.Module):
         if not heads.mask_on:
             return boxes, scores, classes
         mask_features = pool_boxes(heads.mask_pooler, [features[f] for f in heads.mask_in_features], boxes)
-        masks = mask_probabilities(heads.mask_head.layers(mask_features), classes)
+        masks = mask_probabilities(mask_head_layers(heads.mask_head, mask_features), classes)
         return boxes, scores, classes, masks
 
     def proposals(self, features: Dict[str, Tensor], image_size: Tuple[int, int]) -> Tensor:
