@@ -36,7 +36,6 @@ from fishnet_d2.modeling.optimize.equivalence import twin_fishnets
 from fishnet_d2.weights.official_layout import infer_arch, official_layout
 
 from .support import (
-    SAME_MATH_FLOAT64,
     ALL_FEATURES,
     GOLDEN_STAGES,
     GOLDEN_TOLERANCE,
